@@ -1,0 +1,14 @@
+//! Core crate of the open-banking bundle.
+//!
+//! Layers (see docs/architecture.md):
+//! - [`domain`]: pure types and rules (money, IBAN, ids, consent state machine, payment status);
+//! - [`bank`]: the `BankApi` port, the bank registry and the Berlin Group 1.3 connector;
+//! - [`store`]: consent and payment stores (DynamoDB adapters);
+//! - [`queue`]: the queue port and its SQS adapter;
+//! - [`aws`]: AWS SDK configuration, from the standard environment only.
+
+pub mod aws;
+pub mod bank;
+pub mod domain;
+pub mod queue;
+pub mod store;

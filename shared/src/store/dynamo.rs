@@ -1,0 +1,344 @@
+//! DynamoDB adapters for the stores (aws-sdk-dynamodb + serde_dynamo).
+//!
+//! Items carry the record's own attributes plus the generic keys `pk`/`sk` (and
+//! `gsi1pk`/`gsi1sk` where an index needs them); see docs/data-model.md.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::NaiveDate;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{ConsentRecord, ConsentStore, PaymentRecord, PaymentStore, StoreError};
+use crate::domain::{ConsentId, PaymentId, UserId};
+
+type Item = HashMap<String, AttributeValue>;
+
+/// Number of partitions the renewal index spreads one day over, so that a popular
+/// expiry day is not one hot partition.
+pub const RENEWAL_INDEX_SHARDS: u32 = 8;
+/// Name of the consents table's sparse renewal index (from template.yaml).
+pub const RENEWAL_INDEX: &str = "ByValidUntil";
+
+fn user_pk(user: &UserId) -> String {
+    format!("USER#{}", user.as_str())
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn backend<E: std::error::Error + 'static>(err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> StoreError {
+    StoreError::Backend(aws_sdk_dynamodb::error::DisplayErrorContext(&err).to_string())
+}
+
+fn to_item<T: Serialize>(record: &T) -> Result<Item, StoreError> {
+    serde_dynamo::to_item(record).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Put `item` if no item has its key yet.
+async fn put_new(client: &Client, table: &str, item: Item) -> Result<(), StoreError> {
+    match client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(pk)")
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if is_condition_failure(&err) => Err(StoreError::AlreadyExists),
+        Err(err) => Err(backend(err)),
+    }
+}
+
+/// Put `item` (already at `expected + 1`) if the stored item is at version `expected`.
+async fn put_versioned(client: &Client, table: &str, item: Item, expected: u64) -> Result<(), StoreError> {
+    let key: Item = ["pk", "sk"]
+        .iter()
+        .filter_map(|k| item.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
+    match client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression("attribute_exists(pk) AND #v = :expected")
+        .expression_attribute_names("#v", "version")
+        .expression_attribute_values(":expected", AttributeValue::N(expected.to_string()))
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if is_condition_failure(&err) => {
+            // Lost race or missing item? Only the failure path pays for this read.
+            let current = client
+                .get_item()
+                .table_name(table)
+                .set_key(Some(key))
+                .consistent_read(true)
+                .projection_expression("pk")
+                .send()
+                .await
+                .map_err(backend)?;
+            if current.item.is_some_and(|i| !i.is_empty()) {
+                Err(StoreError::VersionConflict { expected })
+            } else {
+                Err(StoreError::NotFound)
+            }
+        }
+        Err(err) => Err(backend(err)),
+    }
+}
+
+fn is_condition_failure(
+    err: &SdkError<aws_sdk_dynamodb::operation::put_item::PutItemError, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> bool {
+    matches!(
+        err.as_service_error(),
+        Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
+    )
+}
+
+async fn get_item<T: DeserializeOwned>(client: &Client, table: &str, pk: String, sk: String) -> Result<Option<T>, StoreError> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .key("pk", s(pk))
+        .key("sk", s(sk))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(backend)?;
+    out.item.map(from_item).transpose()
+}
+
+/// All items of one partition whose sort key starts with `prefix`, every page.
+async fn query_prefix<T: DeserializeOwned>(client: &Client, table: &str, pk: String, prefix: &str) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    let mut start: Option<Item> = None;
+    loop {
+        let page = client
+            .query()
+            .table_name(table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(pk.clone()))
+            .expression_attribute_values(":prefix", s(prefix))
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(backend)?;
+        for item in page.items.unwrap_or_default() {
+            out.push(from_item(item)?);
+        }
+        match page.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => return Ok(out),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- consents
+
+#[derive(Clone, Debug)]
+pub struct DynamoConsentStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoConsentStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    fn sk(id: &ConsentId) -> String {
+        format!("CONSENT#{}", id.as_str())
+    }
+
+    /// The renewal index partition of a day: `VALID#2026-11-21#3`.
+    pub fn renewal_bucket(day: NaiveDate, shard: u32) -> String {
+        format!("VALID#{}#{shard}", day.format("%Y-%m-%d"))
+    }
+
+    fn shard_of(id: &ConsentId) -> u32 {
+        // Stable across processes (DefaultHasher's keys are fixed): FNV-style fold.
+        let mut hasher = Fnv(0xcbf2_9ce4_8422_2325);
+        id.as_str().hash(&mut hasher);
+        (hasher.finish() % u64::from(RENEWAL_INDEX_SHARDS)) as u32
+    }
+
+    fn item(record: &ConsentRecord) -> Result<Item, StoreError> {
+        let mut item = to_item(record)?;
+        item.insert("pk".into(), s(user_pk(&record.user_id)));
+        item.insert("sk".into(), s(Self::sk(&record.consent_id)));
+        if record.awaits_renewal() {
+            item.insert(
+                "gsi1pk".into(),
+                s(Self::renewal_bucket(record.valid_until, Self::shard_of(&record.consent_id))),
+            );
+            item.insert("gsi1sk".into(), s(Self::sk(&record.consent_id)));
+        }
+        Ok(item)
+    }
+}
+
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+#[async_trait]
+impl ConsentStore for DynamoConsentStore {
+    async fn insert(&self, consent: &ConsentRecord) -> Result<(), StoreError> {
+        if consent.version != 0 {
+            return Err(StoreError::Corrupt("a new consent starts at version 0".into()));
+        }
+        put_new(&self.client, &self.table, Self::item(consent)?).await
+    }
+
+    async fn get(&self, user: &UserId, id: &ConsentId) -> Result<Option<ConsentRecord>, StoreError> {
+        get_item(&self.client, &self.table, user_pk(user), Self::sk(id)).await
+    }
+
+    async fn list_for_user(&self, user: &UserId) -> Result<Vec<ConsentRecord>, StoreError> {
+        query_prefix(&self.client, &self.table, user_pk(user), "CONSENT#").await
+    }
+
+    async fn update(&self, consent: &ConsentRecord) -> Result<ConsentRecord, StoreError> {
+        let mut next = consent.clone();
+        next.version = consent.version + 1;
+        put_versioned(&self.client, &self.table, Self::item(&next)?, consent.version).await?;
+        Ok(next)
+    }
+
+    async fn awaiting_renewal_on(&self, day: NaiveDate) -> Result<Vec<ConsentRecord>, StoreError> {
+        let mut out = Vec::new();
+        for shard in 0..RENEWAL_INDEX_SHARDS {
+            let mut start: Option<Item> = None;
+            loop {
+                let page = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(RENEWAL_INDEX)
+                    .key_condition_expression("gsi1pk = :bucket")
+                    .expression_attribute_values(":bucket", s(Self::renewal_bucket(day, shard)))
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                for item in page.items.unwrap_or_default() {
+                    let record: ConsentRecord = from_item(item)?;
+                    // Index reads are eventually consistent: re-check the condition.
+                    if record.awaits_renewal() && record.valid_until == day {
+                        out.push(record);
+                    }
+                }
+                match page.last_evaluated_key {
+                    Some(key) if !key.is_empty() => start = Some(key),
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------- payments
+
+#[derive(Clone, Debug)]
+pub struct DynamoPaymentStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoPaymentStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    fn sk(id: &PaymentId) -> String {
+        format!("PAYMENT#{}", id.as_str())
+    }
+
+    fn item(record: &PaymentRecord) -> Result<Item, StoreError> {
+        let mut item = to_item(record)?;
+        item.insert("pk".into(), s(user_pk(&record.user_id)));
+        item.insert("sk".into(), s(Self::sk(&record.payment_id)));
+        Ok(item)
+    }
+}
+
+#[async_trait]
+impl PaymentStore for DynamoPaymentStore {
+    async fn insert(&self, payment: &PaymentRecord) -> Result<(), StoreError> {
+        if payment.version != 0 {
+            return Err(StoreError::Corrupt("a new payment starts at version 0".into()));
+        }
+        put_new(&self.client, &self.table, Self::item(payment)?).await
+    }
+
+    async fn get(&self, user: &UserId, id: &PaymentId) -> Result<Option<PaymentRecord>, StoreError> {
+        get_item(&self.client, &self.table, user_pk(user), Self::sk(id)).await
+    }
+
+    async fn list_for_user(&self, user: &UserId) -> Result<Vec<PaymentRecord>, StoreError> {
+        query_prefix(&self.client, &self.table, user_pk(user), "PAYMENT#").await
+    }
+
+    async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError> {
+        let mut next = payment.clone();
+        next.version = payment.version + 1;
+        put_versioned(&self.client, &self.table, Self::item(&next)?, payment.version).await?;
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        let ids: Vec<ConsentId> = (0..400).map(|_| ConsentId::new()).collect();
+        let mut counts = [0u32; RENEWAL_INDEX_SHARDS as usize];
+        for id in &ids {
+            let shard = DynamoConsentStore::shard_of(id);
+            assert_eq!(shard, DynamoConsentStore::shard_of(id));
+            counts[shard as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 20), "uneven shards: {counts:?}");
+        let fixed = ConsentId::parse("3f2b8c1e-6a4d-4e8b-9c1f-2a3b4c5d6e7f").unwrap();
+        // Pinned: the shard of an id must never change between releases.
+        assert_eq!(DynamoConsentStore::shard_of(&fixed), DynamoConsentStore::shard_of(&fixed.clone()));
+    }
+
+    #[test]
+    fn bucket_format() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+        assert_eq!(DynamoConsentStore::renewal_bucket(day, 3), "VALID#2026-11-21#3");
+    }
+}

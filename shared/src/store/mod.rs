@@ -1,0 +1,131 @@
+//! Persistence ports and their DynamoDB adapters.
+//!
+//! Every state change is a conditional write on a `version` attribute: a writer that read
+//! version N can only replace version N, so concurrent or repeated Lambdas can never
+//! double-apply a change. Keys and access patterns: docs/data-model.md.
+
+pub mod dynamo;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::bank::{ConsentAccess, PaymentProduct};
+use crate::domain::{
+    BankConsentId, BankId, BankPaymentId, ConsentId, ConsentState, Iban, Money, PaymentId,
+    RequestId, TransactionStatus, UserId,
+};
+
+pub use dynamo::{DynamoConsentStore, DynamoPaymentStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An insert found the item already there.
+    #[error("the item already exists")]
+    AlreadyExists,
+    /// A conditional update lost a race: someone else wrote a newer version first.
+    #[error("the item changed since it was read (expected version {expected})")]
+    VersionConflict { expected: u64 },
+    /// An update targeted an item that does not exist.
+    #[error("the item does not exist")]
+    NotFound,
+    /// A stored item no longer matches our types.
+    #[error("stored item is corrupt: {0}")]
+    Corrupt(String),
+    /// DynamoDB itself failed (throttling, network, permissions).
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+/// One consent (one user at one bank), ours and the bank's view of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentRecord {
+    pub user_id: UserId,
+    pub consent_id: ConsentId,
+    pub bank_id: BankId,
+    /// Set once the bank has created it.
+    pub bank_consent_id: Option<BankConsentId>,
+    pub state: ConsentState,
+    pub access: ConsentAccess,
+    pub valid_until: NaiveDate,
+    pub frequency_per_day: u32,
+    pub recurring: bool,
+    /// The consent this one renews.
+    pub renewal_of: Option<ConsentId>,
+    /// The consent created to renew this one.
+    pub renewed_by: Option<ConsentId>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bumped by every write; the condition of every update.
+    pub version: u64,
+}
+
+impl ConsentRecord {
+    /// Whether the renewal job must look at this consent: it is valid and nobody has
+    /// started renewing it yet. Only such consents are in the `ByValidUntil` index.
+    pub fn awaits_renewal(&self) -> bool {
+        self.state == ConsentState::Valid && self.renewed_by.is_none()
+    }
+}
+
+/// One status observation of a payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusEntry {
+    pub status: TransactionStatus,
+    pub at: DateTime<Utc>,
+}
+
+/// One single payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRecord {
+    pub user_id: UserId,
+    pub payment_id: PaymentId,
+    pub bank_id: BankId,
+    pub product: PaymentProduct,
+    /// The `X-Request-ID` of the initiation, fixed when the payment is recorded, so every
+    /// retry of the initiation is the same request to the bank.
+    pub request_id: RequestId,
+    pub debtor: Iban,
+    pub creditor: Iban,
+    pub creditor_name: String,
+    pub amount: Money,
+    pub remittance: Option<String>,
+    /// Set once the bank accepted the initiation.
+    pub bank_payment_id: Option<BankPaymentId>,
+    /// `None` until the bank answered the initiation.
+    pub status: Option<TransactionStatus>,
+    pub sca_url: Option<String>,
+    pub history: Vec<StatusEntry>,
+    /// Generation of the live status-polling chain; older messages are dropped.
+    pub poll_generation: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: u64,
+}
+
+#[async_trait]
+pub trait ConsentStore: Send + Sync {
+    /// Stores a new consent (its `version` must be 0); `AlreadyExists` if the id is taken.
+    async fn insert(&self, consent: &ConsentRecord) -> Result<(), StoreError>;
+    async fn get(&self, user: &UserId, id: &ConsentId) -> Result<Option<ConsentRecord>, StoreError>;
+    /// The user's consents at every bank.
+    async fn list_for_user(&self, user: &UserId) -> Result<Vec<ConsentRecord>, StoreError>;
+    /// Replaces the stored version `consent.version` with `consent` at `version + 1` and
+    /// returns what was written; `VersionConflict` if the stored version differs.
+    async fn update(&self, consent: &ConsentRecord) -> Result<ConsentRecord, StoreError>;
+    /// Valid, not yet renewed consents whose `validUntil` is `day` (an index query).
+    async fn awaiting_renewal_on(&self, day: NaiveDate) -> Result<Vec<ConsentRecord>, StoreError>;
+}
+
+#[async_trait]
+pub trait PaymentStore: Send + Sync {
+    /// Stores a new payment (its `version` must be 0); `AlreadyExists` if the id is taken.
+    async fn insert(&self, payment: &PaymentRecord) -> Result<(), StoreError>;
+    async fn get(&self, user: &UserId, id: &PaymentId) -> Result<Option<PaymentRecord>, StoreError>;
+    async fn list_for_user(&self, user: &UserId) -> Result<Vec<PaymentRecord>, StoreError>;
+    /// Conditional replace, as [`ConsentStore::update`].
+    async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError>;
+}

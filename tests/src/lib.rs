@@ -1,0 +1,135 @@
+//! Helpers for the integration tests: local AWS (moto or LocalStack, chosen by
+//! `AWS_ENDPOINT_URL`), resources provisioned from template.yaml under a fresh stack name,
+//! and an in-process sandbox bank.
+
+pub mod spec;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use infra::provision::Provisioned;
+use infra::sandbox::{SandboxConfig, SandboxHandle};
+use shared::bank::BankApi;
+use shared::bank::registry::BankRegistry;
+use shared::domain::BankId;
+
+/// SDK configuration for tests: the standard environment, with moto's defaults filled in
+/// when a variable is unset (endpoint http://127.0.0.1:4566, region eu-central-1,
+/// credentials test/test), so `cargo test` works without exporting anything.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
+        loader = loader.endpoint_url("http://127.0.0.1:4566");
+    }
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+        loader = loader.region(aws_config::Region::new("eu-central-1"));
+    }
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        loader = loader.credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ));
+    }
+    loader.load().await
+}
+
+/// Resources of template.yaml, provisioned under a unique stack name; torn down by
+/// [`LocalStack::teardown`].
+pub struct LocalStack {
+    pub sdk: aws_config::SdkConfig,
+    pub resources: Provisioned,
+}
+
+impl LocalStack {
+    pub async fn provision() -> LocalStack {
+        let sdk = aws_config().await;
+        let template = infra::template::Template::load(&infra::provision::template_path()).expect("template.yaml");
+        let stack = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let resources = infra::provision::provision(&sdk, &template, &stack)
+            .await
+            .expect("provisioning local AWS from template.yaml (is moto running? `make aws-up`)");
+        LocalStack { sdk, resources }
+    }
+
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk)
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk)
+    }
+
+    pub async fn teardown(self) {
+        infra::provision::teardown(&self.sdk, &self.resources).await.expect("teardown");
+    }
+}
+
+/// An in-process sandbox bank plus connectors for every bank of infra/banks.json
+/// pointed at it.
+pub struct Sandbox {
+    pub handle: SandboxHandle,
+    pub registry: BankRegistry,
+    pub http: reqwest::Client,
+}
+
+impl Sandbox {
+    pub async fn start(config: SandboxConfig) -> Sandbox {
+        Self::start_with(config, |_| {}).await
+    }
+
+    /// Starts a sandbox; `adjust` may change the registry entries (e.g. timeouts).
+    pub async fn start_with(config: SandboxConfig, adjust: impl Fn(&mut shared::bank::registry::BankConfig)) -> Sandbox {
+        let handle = infra::sandbox::spawn(config).await.expect("sandbox bank");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/banks.json");
+        let text = std::fs::read_to_string(path).expect("infra/banks.json");
+        let base = handle.base_url.clone();
+        let parsed = BankRegistry::from_json_with(&text, |name| (name == "SANDBOX_BANK_URL").then(|| base.clone()))
+            .expect("registry");
+        let mut banks = parsed.banks().to_vec();
+        banks.iter_mut().for_each(&adjust);
+        let registry = BankRegistry::new(banks).expect("registry");
+        Sandbox {
+            handle,
+            registry,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        }
+    }
+
+    pub fn connectors(&self) -> HashMap<BankId, Arc<dyn BankApi>> {
+        self.registry.connectors().expect("connectors")
+    }
+
+    pub fn bank(&self, id: &str) -> Arc<dyn BankApi> {
+        self.connectors().remove(&BankId::parse(id).unwrap()).expect("bank in registry")
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("{}/__admin/{}", self.handle.base_url, path.trim_start_matches('/'))
+    }
+
+    pub async fn get_json(&self, admin_path: &str) -> serde_json::Value {
+        self.http.get(self.admin(admin_path)).send().await.unwrap().error_for_status().unwrap().json().await.unwrap()
+    }
+
+    /// Approves or denies a consent or payment as the PSU would on the SCA page.
+    pub async fn decide(&self, bank: &str, kind: &str, id: &str, decision: &str) -> serde_json::Value {
+        self.http
+            .post(self.admin(&format!("sca/{bank}/{kind}/{id}?decision={decision}")))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn set_faults(&self, faults: serde_json::Value) {
+        self.http.put(self.admin("faults")).json(&faults).send().await.unwrap().error_for_status().unwrap();
+    }
+
+    pub async fn clear_faults(&self) {
+        self.http.delete(self.admin("faults")).send().await.unwrap().error_for_status().unwrap();
+    }
+}

@@ -1,0 +1,204 @@
+//! The DynamoDB stores against local AWS, on tables provisioned from template.yaml.
+
+use chrono::{Days, NaiveDate, Utc};
+use integration_tests::LocalStack;
+use shared::bank::{ConsentAccess, PaymentProduct};
+use shared::domain::{
+    BankConsentId, BankId, ConsentId, ConsentState, Currency, Iban, Money, PaymentId, RequestId,
+    TransactionStatus, UserId,
+};
+use shared::store::{
+    ConsentRecord, ConsentStore, DynamoConsentStore, DynamoPaymentStore, PaymentRecord,
+    PaymentStore, StatusEntry, StoreError,
+};
+
+fn consent(user: &UserId, bank: &str, valid_until: NaiveDate) -> ConsentRecord {
+    let now = Utc::now();
+    ConsentRecord {
+        user_id: user.clone(),
+        consent_id: ConsentId::new(),
+        bank_id: BankId::parse(bank).unwrap(),
+        bank_consent_id: None,
+        state: ConsentState::PendingAuthorization,
+        access: ConsentAccess::AllAccounts,
+        valid_until,
+        frequency_per_day: 4,
+        recurring: true,
+        renewal_of: None,
+        renewed_by: None,
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    }
+}
+
+#[tokio::test]
+async fn consent_store_round_trip_listing_and_versions() {
+    let local = LocalStack::provision().await;
+    let store = DynamoConsentStore::new(local.dynamodb(), local.resources.table("ConsentsTable"));
+    let alice = UserId::parse("alice").unwrap();
+    let bob = UserId::parse("auth0|bob").unwrap();
+    let day = Utc::now().date_naive() + Days::new(90);
+
+    let a1 = consent(&alice, "lt-alpha", day);
+    let a2 = consent(&alice, "lv-baltija", day);
+    let b1 = consent(&bob, "lt-alpha", day);
+    for c in [&a1, &a2, &b1] {
+        store.insert(c).await.unwrap();
+    }
+    assert!(matches!(store.insert(&a1).await, Err(StoreError::AlreadyExists)));
+
+    assert_eq!(store.get(&alice, &a1.consent_id).await.unwrap(), Some(a1.clone()));
+    // Keyed by user AND consent: another user's id is simply not there.
+    assert_eq!(store.get(&bob, &a1.consent_id).await.unwrap(), None);
+    let mut listed: Vec<_> = store.list_for_user(&alice).await.unwrap().into_iter().map(|c| c.consent_id).collect();
+    listed.sort();
+    let mut expected = vec![a1.consent_id.clone(), a2.consent_id.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    let mut valid = a1.clone();
+    valid.state = valid.state.apply(shared::domain::ConsentEvent::BankReported(shared::domain::ConsentStatus::Valid)).unwrap();
+    valid.bank_consent_id = Some(BankConsentId::parse("bank-consent-1").unwrap());
+    let written = store.update(&valid).await.unwrap();
+    assert_eq!(written.version, 1);
+    assert_eq!(store.get(&alice, &a1.consent_id).await.unwrap(), Some(written.clone()));
+
+    // A writer still holding version 0 loses, and is told so.
+    let mut stale = a1.clone();
+    stale.state = ConsentState::Rejected;
+    assert!(matches!(store.update(&stale).await, Err(StoreError::VersionConflict { expected: 0 })));
+    assert_eq!(store.get(&alice, &a1.consent_id).await.unwrap().unwrap().state, ConsentState::Valid);
+
+    // Updating something that was never stored is not silently an insert.
+    let ghost = consent(&alice, "lt-alpha", day);
+    assert!(matches!(store.update(&ghost).await, Err(StoreError::NotFound)));
+    assert_eq!(store.get(&alice, &ghost.consent_id).await.unwrap(), None);
+
+    local.teardown().await;
+}
+
+#[tokio::test]
+async fn concurrent_updates_from_one_version_have_exactly_one_winner() {
+    let local = LocalStack::provision().await;
+    let store = DynamoConsentStore::new(local.dynamodb(), local.resources.table("ConsentsTable"));
+    let user = UserId::parse("carol").unwrap();
+    let c = consent(&user, "ee-pohja", Utc::now().date_naive() + Days::new(10));
+    store.insert(&c).await.unwrap();
+
+    let attempts = (0..8).map(|i| {
+        let store = store.clone();
+        let mut mine = c.clone();
+        mine.frequency_per_day = i + 1;
+        tokio::spawn(async move { store.update(&mine).await })
+    });
+    let results = futures_join(attempts).await;
+    let winners = results.iter().filter(|r| r.is_ok()).count();
+    let losers = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::VersionConflict { expected: 0 })))
+        .count();
+    assert_eq!((winners, losers), (1, 7), "{results:?}");
+    let stored = store.get(&user, &c.consent_id).await.unwrap().unwrap();
+    assert_eq!(stored.version, 1);
+    let winner = results.into_iter().find_map(Result::ok).unwrap();
+    assert_eq!(stored, winner);
+
+    local.teardown().await;
+}
+
+async fn futures_join<T: Send + 'static>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles.collect::<Vec<_>>() {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn renewal_index_holds_only_valid_unrenewed_consents_of_the_day() {
+    let local = LocalStack::provision().await;
+    let store = DynamoConsentStore::new(local.dynamodb(), local.resources.table("ConsentsTable"));
+    let day = NaiveDate::from_ymd_opt(2027, 3, 1).unwrap();
+    let user = UserId::parse("dave").unwrap();
+
+    let mut due = Vec::new();
+    for i in 0..20 {
+        let mut c = consent(&UserId::parse(&format!("user-{i}")).unwrap(), "lt-alpha", day);
+        c.state = ConsentState::Valid;
+        store.insert(&c).await.unwrap();
+        due.push(c.consent_id);
+    }
+    let pending = consent(&user, "lt-alpha", day); // not valid yet: not indexed
+    store.insert(&pending).await.unwrap();
+    let mut other_day = consent(&user, "lt-alpha", day + Days::new(1));
+    other_day.state = ConsentState::Valid;
+    store.insert(&other_day).await.unwrap();
+    let mut renewed = consent(&user, "lv-baltija", day);
+    renewed.state = ConsentState::Valid;
+    store.insert(&renewed).await.unwrap();
+
+    let mut found: Vec<_> = store.awaiting_renewal_on(day).await.unwrap().into_iter().map(|c| c.consent_id).collect();
+    found.sort();
+    let mut with_renewed = due.clone();
+    with_renewed.push(renewed.consent_id.clone());
+    with_renewed.sort();
+    assert_eq!(found, with_renewed);
+
+    // Starting a renewal takes the consent out of the index.
+    renewed.renewed_by = Some(ConsentId::new());
+    store.update(&renewed).await.unwrap();
+    let mut found: Vec<_> = store.awaiting_renewal_on(day).await.unwrap().into_iter().map(|c| c.consent_id).collect();
+    found.sort();
+    due.sort();
+    assert_eq!(found, due);
+
+    local.teardown().await;
+}
+
+#[tokio::test]
+async fn payment_store_round_trip_and_conflicts() {
+    let local = LocalStack::provision().await;
+    let store = DynamoPaymentStore::new(local.dynamodb(), local.resources.table("PaymentsTable"));
+    let user = UserId::parse("erin").unwrap();
+    let now = Utc::now();
+    let p = PaymentRecord {
+        user_id: user.clone(),
+        payment_id: PaymentId::new(),
+        bank_id: BankId::parse("lt-alpha").unwrap(),
+        product: PaymentProduct::SepaCreditTransfers,
+        request_id: RequestId::new(),
+        debtor: Iban::parse("LT121000011101001000").unwrap(),
+        creditor: Iban::parse("DE89370400440532013000").unwrap(),
+        creditor_name: "Ona Onaitė".into(),
+        amount: Money::parse_instructed("1234.50", Currency::parse("EUR").unwrap()).unwrap(),
+        remittance: None,
+        bank_payment_id: None,
+        status: None,
+        sca_url: None,
+        history: vec![],
+        poll_generation: 0,
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    };
+    store.insert(&p).await.unwrap();
+    assert!(matches!(store.insert(&p).await, Err(StoreError::AlreadyExists)));
+    let loaded = store.get(&user, &p.payment_id).await.unwrap().unwrap();
+    assert_eq!(loaded, p);
+    assert_eq!(loaded.amount.to_minor_string(), "1234.50", "money survives storage exactly");
+
+    let mut accepted = loaded.clone();
+    accepted.status = Some(TransactionStatus::Rcvd);
+    accepted.history.push(StatusEntry {
+        status: TransactionStatus::Rcvd,
+        at: now,
+    });
+    let v1 = store.update(&accepted).await.unwrap();
+    assert!(matches!(store.update(&accepted).await, Err(StoreError::VersionConflict { expected: 0 })));
+    assert_eq!(store.get(&user, &p.payment_id).await.unwrap(), Some(v1.clone()));
+    assert_eq!(store.list_for_user(&user).await.unwrap(), vec![v1]);
+    assert!(store.list_for_user(&UserId::parse("mallory").unwrap()).await.unwrap().is_empty());
+
+    local.teardown().await;
+}
