@@ -1,0 +1,59 @@
+# The two commands a newcomer needs:
+#   make up    run the bundle locally (local AWS + provisioning from template.yaml + sandbox bank)
+#   make test  run every check and test (what CI runs)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Local AWS: moto_server on 127.0.0.1:4566 unless AWS_ENDPOINT_URL points elsewhere
+# (e.g. LocalStack). Dummy credentials and a region for local endpoints only.
+LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
+	AWS_ACCESS_KEY_ID=$${AWS_ACCESS_KEY_ID:-test} \
+	AWS_SECRET_ACCESS_KEY=$${AWS_SECRET_ACCESS_KEY:-test} \
+	AWS_ENDPOINT_URL=$${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}
+
+SANDBOX_ADDR ?= 127.0.0.1:8080
+STACK_NAME ?= openbank-local
+
+.PHONY: help setup aws-up aws-down provision sandbox up test fmt-check clippy lint-template unit integration fmt
+
+help:
+	@echo "make up     run the bundle locally (local AWS, tables/queues from template.yaml, sandbox bank)"
+	@echo "make test   fmt check, clippy -D warnings, cfn-lint, unit and integration tests"
+	@echo "make aws-up / aws-down   start / stop moto_server (skipped when AWS_ENDPOINT_URL is set)"
+
+setup:
+	@bash scripts/rust-toolchain.sh
+	@bash scripts/python-env.sh
+
+aws-up: setup
+	@bash scripts/local-aws.sh start
+
+aws-down:
+	@bash scripts/local-aws.sh stop
+
+provision: aws-up
+	@$(LOCAL_ENV) STACK_NAME=$(STACK_NAME) cargo run -q -p infra --bin provision
+
+sandbox:
+	SANDBOX_ADDR=$(SANDBOX_ADDR) cargo run -q -p infra --bin sandbox-bank
+
+up: aws-up
+	cargo build -p infra --bins
+	@$(LOCAL_ENV) STACK_NAME=$(STACK_NAME) ./target/debug/provision --env | tee .local/resources.env
+	@echo "sandbox bank on http://$(SANDBOX_ADDR) (banks: lt-alpha, lv-baltija, ee-pohja); Ctrl-C stops it"
+	SANDBOX_ADDR=$(SANDBOX_ADDR) ./target/debug/sandbox-bank
+
+fmt:
+	cargo fmt --all
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+lint-template: setup
+	.venv/bin/cfn-lint template.yaml
+
+test: setup fmt-check lint-template clippy aws-up
+	@$(LOCAL_ENV) cargo test --workspace --all-targets
