@@ -339,16 +339,17 @@ impl BankError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            BankError::AccessExceeded { .. } | BankError::Unavailable { .. } | BankError::Timeout(_)
+            BankError::AccessExceeded { .. }
+                | BankError::Unavailable { .. }
+                | BankError::Timeout(_)
         )
     }
 
     /// How long the bank asked us to wait, when it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            BankError::AccessExceeded { retry_after } | BankError::Unavailable { retry_after, .. } => {
-                *retry_after
-            }
+            BankError::AccessExceeded { retry_after }
+            | BankError::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

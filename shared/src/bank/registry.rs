@@ -111,14 +111,22 @@ pub struct ClientCredentials {
 impl ClientCredentials {
     /// The certificate chain and private key as one PEM bundle.
     pub fn load_pem(&self) -> Result<Vec<u8>, BankError> {
-        let part = |file: &Option<PathBuf>, env: &Option<String>, what: &str| -> Result<Vec<u8>, BankError> {
+        let part = |file: &Option<PathBuf>,
+                    env: &Option<String>,
+                    what: &str|
+         -> Result<Vec<u8>, BankError> {
             match (file, env) {
                 (Some(path), _) => std::fs::read(path).map_err(|e| {
-                    BankError::Config(format!("cannot read the client {what} {}: {e}", path.display()))
+                    BankError::Config(format!(
+                        "cannot read the client {what} {}: {e}",
+                        path.display()
+                    ))
                 }),
-                (None, Some(var)) => std::env::var(var)
-                    .map(String::into_bytes)
-                    .map_err(|_| BankError::Config(format!("environment variable {var} (client {what}) is not set"))),
+                (None, Some(var)) => std::env::var(var).map(String::into_bytes).map_err(|_| {
+                    BankError::Config(format!(
+                        "environment variable {var} (client {what}) is not set"
+                    ))
+                }),
                 (None, None) => Err(BankError::Config(format!("no client {what} configured"))),
             }
         };
@@ -181,10 +189,16 @@ impl BankRegistry {
         let mut seen = std::collections::HashSet::new();
         for bank in &banks {
             if !seen.insert(bank.id.clone()) {
-                return Err(RegistryError::Invalid(format!("bank id {} appears twice", bank.id)));
+                return Err(RegistryError::Invalid(format!(
+                    "bank id {} appears twice",
+                    bank.id
+                )));
             }
             if bank.payment_products.is_empty() {
-                return Err(RegistryError::Invalid(format!("bank {} lists no payment product", bank.id)));
+                return Err(RegistryError::Invalid(format!(
+                    "bank {} lists no payment product",
+                    bank.id
+                )));
             }
             if !(1..=180).contains(&bank.max_consent_days) {
                 return Err(RegistryError::Invalid(format!(
@@ -193,10 +207,16 @@ impl BankRegistry {
                 )));
             }
             if bank.frequency_per_day == 0 {
-                return Err(RegistryError::Invalid(format!("bank {}: frequencyPerDay must be at least 1", bank.id)));
+                return Err(RegistryError::Invalid(format!(
+                    "bank {}: frequencyPerDay must be at least 1",
+                    bank.id
+                )));
             }
             if !matches!(bank.base_url.scheme(), "http" | "https") {
-                return Err(RegistryError::Invalid(format!("bank {}: baseUrl must be http(s)", bank.id)));
+                return Err(RegistryError::Invalid(format!(
+                    "bank {}: baseUrl must be http(s)",
+                    bank.id
+                )));
             }
         }
         Ok(Self { banks })
@@ -215,7 +235,8 @@ impl BankRegistry {
         self.banks
             .iter()
             .map(|config| {
-                let connector: Arc<dyn BankApi> = Arc::new(BerlinGroupConnector::new(config.clone())?);
+                let connector: Arc<dyn BankApi> =
+                    Arc::new(BerlinGroupConnector::new(config.clone())?);
                 Ok((config.id.clone(), connector))
             })
             .collect()
@@ -244,7 +265,10 @@ fn expand_strings(
 }
 
 /// Expands `${NAME}` and `${NAME:-default}`; an unset variable without default is an error.
-fn expand_vars(input: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String, RegistryError> {
+fn expand_vars(
+    input: &str,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<String, RegistryError> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(start) = rest.find("${") {
@@ -285,7 +309,8 @@ mod tests {
 
     #[test]
     fn defaults_and_expansion() {
-        let reg = BankRegistry::from_json_with(DOC, |n| (n == "TENANT").then(|| "t1".to_owned())).unwrap();
+        let reg = BankRegistry::from_json_with(DOC, |n| (n == "TENANT").then(|| "t1".to_owned()))
+            .unwrap();
         let bank = &reg.banks()[0];
         assert_eq!(bank.base_url.as_str(), "http://127.0.0.1:8080/lt-alpha");
         assert_eq!(bank.max_consent_days, 180);
@@ -304,7 +329,10 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        assert_eq!(reg.banks()[0].base_url.as_str(), "http://10.1.2.3:9/lt-alpha");
+        assert_eq!(
+            reg.banks()[0].base_url.as_str(),
+            "http://10.1.2.3:9/lt-alpha"
+        );
     }
 
     #[test]
@@ -318,7 +346,12 @@ mod tests {
         let dup = r#"{"banks":[
             {"id":"a","name":"A","country":"LT","baseUrl":"http://x","paymentProducts":["sepa-credit-transfers"]},
             {"id":"a","name":"B","country":"LT","baseUrl":"http://y","paymentProducts":["sepa-credit-transfers"]}]}"#;
-        assert!(BankRegistry::from_json(dup).unwrap_err().to_string().contains("twice"));
+        assert!(
+            BankRegistry::from_json(dup)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
         let unknown_field = r#"{"banks":[{"id":"a","name":"A","country":"LT","baseUrl":"http://x",
             "paymentProducts":["sepa-credit-transfers"],"colour":"red"}]}"#;
         assert!(BankRegistry::from_json(unknown_field).is_err());
@@ -326,7 +359,12 @@ mod tests {
         assert!(BankRegistry::from_json(bad_product).is_err());
         let long_consent = r#"{"banks":[{"id":"a","name":"A","country":"LT","baseUrl":"http://x",
             "paymentProducts":["sepa-credit-transfers"],"maxConsentDays":365}]}"#;
-        assert!(BankRegistry::from_json(long_consent).unwrap_err().to_string().contains("180"));
+        assert!(
+            BankRegistry::from_json(long_consent)
+                .unwrap_err()
+                .to_string()
+                .contains("180")
+        );
         let bad_id = r#"{"banks":[{"id":"A B","name":"A","country":"LT","baseUrl":"http://x","paymentProducts":["sepa-credit-transfers"]}]}"#;
         assert!(BankRegistry::from_json(bad_id).is_err());
     }
@@ -334,7 +372,8 @@ mod tests {
     #[test]
     fn the_shipped_registry_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/banks.json");
-        let reg = BankRegistry::from_json_with(&std::fs::read_to_string(path).unwrap(), |_| None).unwrap();
+        let reg = BankRegistry::from_json_with(&std::fs::read_to_string(path).unwrap(), |_| None)
+            .unwrap();
         assert!(reg.banks().len() >= 3);
         assert!(reg.connectors().unwrap().len() == reg.banks().len());
     }

@@ -67,7 +67,11 @@ impl RetryPolicy {
             .saturating_mul(1u32 << retry.min(16))
             .min(self.max_delay);
         let millis = exp.as_millis() as u64;
-        Duration::from_millis(if millis == 0 { 0 } else { rand::random_range(0..=millis) })
+        Duration::from_millis(if millis == 0 {
+            0
+        } else {
+            rand::random_range(0..=millis)
+        })
     }
 }
 
@@ -83,7 +87,10 @@ pub trait Queue: Send + Sync {
 /// One batch call: returns the entries that failed (the rest were accepted).
 #[async_trait]
 pub trait BatchTransport: Send + Sync {
-    async fn send_entries(&self, entries: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, QueueError>;
+    async fn send_entries(
+        &self,
+        entries: &[OutgoingMessage],
+    ) -> Result<Vec<FailedEntry>, QueueError>;
 }
 
 /// The batch algorithm shared by every transport: validate, chunk by ten, resend the
@@ -133,7 +140,11 @@ pub async fn send_batch_with_retry(
             }
         }
         if !retry.is_empty() {
-            tracing::warn!(attempt, retrying = retry.len(), "queue batch entries failed; retrying");
+            tracing::warn!(
+                attempt,
+                retrying = retry.len(),
+                "queue batch entries failed; retrying"
+            );
         }
         pending = retry;
     }
@@ -180,13 +191,18 @@ fn delay_seconds(delay: Duration) -> Result<i32, QueueError> {
     Ok(secs.min(MAX_DELAY.as_secs()) as i32)
 }
 
-fn sqs_error<E: std::error::Error + 'static>(err: aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>) -> QueueError {
+fn sqs_error<E: std::error::Error + 'static>(
+    err: aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+) -> QueueError {
     QueueError::Backend(aws_sdk_sqs::error::DisplayErrorContext(&err).to_string())
 }
 
 #[async_trait]
 impl BatchTransport for SqsQueue {
-    async fn send_entries(&self, entries: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, QueueError> {
+    async fn send_entries(
+        &self,
+        entries: &[OutgoingMessage],
+    ) -> Result<Vec<FailedEntry>, QueueError> {
         let mut request = self.client.send_message_batch().queue_url(&self.url);
         for m in entries {
             request = request.entries(
@@ -248,7 +264,9 @@ mod tests {
     impl Flaky {
         fn new(failing: &[(&str, u32)], sender_fault: bool) -> Self {
             Self {
-                failures_left: Mutex::new(failing.iter().map(|(id, n)| (id.to_string(), *n)).collect()),
+                failures_left: Mutex::new(
+                    failing.iter().map(|(id, n)| (id.to_string(), *n)).collect(),
+                ),
                 sender_fault,
                 calls: Mutex::default(),
                 delivered: Mutex::default(),
@@ -258,9 +276,15 @@ mod tests {
 
     #[async_trait]
     impl BatchTransport for Flaky {
-        async fn send_entries(&self, entries: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, QueueError> {
+        async fn send_entries(
+            &self,
+            entries: &[OutgoingMessage],
+        ) -> Result<Vec<FailedEntry>, QueueError> {
             assert!(entries.len() <= MAX_BATCH);
-            self.calls.lock().unwrap().push(entries.iter().map(|e| e.id.clone()).collect());
+            self.calls
+                .lock()
+                .unwrap()
+                .push(entries.iter().map(|e| e.id.clone()).collect());
             let mut left = self.failures_left.lock().unwrap();
             let mut failed = Vec::new();
             for e in entries {
@@ -299,7 +323,9 @@ mod tests {
     #[tokio::test]
     async fn failed_entries_are_retried_until_sent() {
         let t = Flaky::new(&[("m3", 2), ("m17", 1)], false);
-        send_batch_with_retry(&t, &messages(23), FAST).await.unwrap();
+        send_batch_with_retry(&t, &messages(23), FAST)
+            .await
+            .unwrap();
         let mut delivered = t.delivered.lock().unwrap().clone();
         delivered.sort();
         let mut expected: Vec<String> = (0..23).map(|i| format!("m{i}")).collect();
@@ -314,9 +340,14 @@ mod tests {
     #[tokio::test]
     async fn gives_up_after_the_policy_and_reports_what_is_unsent() {
         let t = Flaky::new(&[("m1", 100)], false);
-        let err = send_batch_with_retry(&t, &messages(5), FAST).await.unwrap_err();
+        let err = send_batch_with_retry(&t, &messages(5), FAST)
+            .await
+            .unwrap_err();
         match err {
-            QueueError::Unsent(f) => assert_eq!(f.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), vec!["m1"]),
+            QueueError::Unsent(f) => assert_eq!(
+                f.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
+                vec!["m1"]
+            ),
             other => panic!("{other:?}"),
         }
         assert_eq!(t.calls.lock().unwrap().len(), 4);
@@ -338,10 +369,16 @@ mod tests {
         let t = Flaky::new(&[], false);
         let mut dup = messages(2);
         dup[1].id = "m0".into();
-        assert!(matches!(send_batch_with_retry(&t, &dup, FAST).await, Err(QueueError::BadEntryId(_))));
+        assert!(matches!(
+            send_batch_with_retry(&t, &dup, FAST).await,
+            Err(QueueError::BadEntryId(_))
+        ));
         let mut late = messages(1);
         late[0].delay = Duration::from_secs(901);
-        assert!(matches!(send_batch_with_retry(&t, &late, FAST).await, Err(QueueError::DelayTooLong(_))));
+        assert!(matches!(
+            send_batch_with_retry(&t, &late, FAST).await,
+            Err(QueueError::DelayTooLong(_))
+        ));
         assert!(t.calls.lock().unwrap().is_empty());
     }
 

@@ -4,7 +4,6 @@
 //! `gsi1pk`/`gsi1sk` where an index needs them); see docs/data-model.md.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -33,7 +32,9 @@ fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn backend<E: std::error::Error + 'static>(err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> StoreError {
+fn backend<E: std::error::Error + 'static>(
+    err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> StoreError {
     StoreError::Backend(aws_sdk_dynamodb::error::DisplayErrorContext(&err).to_string())
 }
 
@@ -62,7 +63,12 @@ async fn put_new(client: &Client, table: &str, item: Item) -> Result<(), StoreEr
 }
 
 /// Put `item` (already at `expected + 1`) if the stored item is at version `expected`.
-async fn put_versioned(client: &Client, table: &str, item: Item, expected: u64) -> Result<(), StoreError> {
+async fn put_versioned(
+    client: &Client,
+    table: &str,
+    item: Item,
+    expected: u64,
+) -> Result<(), StoreError> {
     let key: Item = ["pk", "sk"]
         .iter()
         .filter_map(|k| item.get(*k).map(|v| (k.to_string(), v.clone())))
@@ -100,15 +106,25 @@ async fn put_versioned(client: &Client, table: &str, item: Item, expected: u64) 
 }
 
 fn is_condition_failure(
-    err: &SdkError<aws_sdk_dynamodb::operation::put_item::PutItemError, aws_sdk_dynamodb::config::http::HttpResponse>,
+    err: &SdkError<
+        aws_sdk_dynamodb::operation::put_item::PutItemError,
+        aws_sdk_dynamodb::config::http::HttpResponse,
+    >,
 ) -> bool {
     matches!(
         err.as_service_error(),
-        Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))
+        Some(
+            aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_)
+        )
     )
 }
 
-async fn get_item<T: DeserializeOwned>(client: &Client, table: &str, pk: String, sk: String) -> Result<Option<T>, StoreError> {
+async fn get_item<T: DeserializeOwned>(
+    client: &Client,
+    table: &str,
+    pk: String,
+    sk: String,
+) -> Result<Option<T>, StoreError> {
     let out = client
         .get_item()
         .table_name(table)
@@ -122,7 +138,12 @@ async fn get_item<T: DeserializeOwned>(client: &Client, table: &str, pk: String,
 }
 
 /// All items of one partition whose sort key starts with `prefix`, every page.
-async fn query_prefix<T: DeserializeOwned>(client: &Client, table: &str, pk: String, prefix: &str) -> Result<Vec<T>, StoreError> {
+async fn query_prefix<T: DeserializeOwned>(
+    client: &Client,
+    table: &str,
+    pk: String,
+    prefix: &str,
+) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
     let mut start: Option<Item> = None;
     loop {
@@ -171,11 +192,12 @@ impl DynamoConsentStore {
         format!("VALID#{}#{shard}", day.format("%Y-%m-%d"))
     }
 
+    /// FNV-1a over the id's bytes: stable across processes, releases and Rust versions.
     fn shard_of(id: &ConsentId) -> u32 {
-        // Stable across processes (DefaultHasher's keys are fixed): FNV-style fold.
-        let mut hasher = Fnv(0xcbf2_9ce4_8422_2325);
-        id.as_str().hash(&mut hasher);
-        (hasher.finish() % u64::from(RENEWAL_INDEX_SHARDS)) as u32
+        let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (hash % u64::from(RENEWAL_INDEX_SHARDS)) as u32
     }
 
     fn item(record: &ConsentRecord) -> Result<Item, StoreError> {
@@ -185,7 +207,10 @@ impl DynamoConsentStore {
         if record.awaits_renewal() {
             item.insert(
                 "gsi1pk".into(),
-                s(Self::renewal_bucket(record.valid_until, Self::shard_of(&record.consent_id))),
+                s(Self::renewal_bucket(
+                    record.valid_until,
+                    Self::shard_of(&record.consent_id),
+                )),
             );
             item.insert("gsi1sk".into(), s(Self::sk(&record.consent_id)));
         }
@@ -193,30 +218,22 @@ impl DynamoConsentStore {
     }
 }
 
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
 #[async_trait]
 impl ConsentStore for DynamoConsentStore {
     async fn insert(&self, consent: &ConsentRecord) -> Result<(), StoreError> {
         if consent.version != 0 {
-            return Err(StoreError::Corrupt("a new consent starts at version 0".into()));
+            return Err(StoreError::Corrupt(
+                "a new consent starts at version 0".into(),
+            ));
         }
         put_new(&self.client, &self.table, Self::item(consent)?).await
     }
 
-    async fn get(&self, user: &UserId, id: &ConsentId) -> Result<Option<ConsentRecord>, StoreError> {
+    async fn get(
+        &self,
+        user: &UserId,
+        id: &ConsentId,
+    ) -> Result<Option<ConsentRecord>, StoreError> {
         get_item(&self.client, &self.table, user_pk(user), Self::sk(id)).await
     }
 
@@ -227,7 +244,13 @@ impl ConsentStore for DynamoConsentStore {
     async fn update(&self, consent: &ConsentRecord) -> Result<ConsentRecord, StoreError> {
         let mut next = consent.clone();
         next.version = consent.version + 1;
-        put_versioned(&self.client, &self.table, Self::item(&next)?, consent.version).await?;
+        put_versioned(
+            &self.client,
+            &self.table,
+            Self::item(&next)?,
+            consent.version,
+        )
+        .await?;
         Ok(next)
     }
 
@@ -296,12 +319,18 @@ impl DynamoPaymentStore {
 impl PaymentStore for DynamoPaymentStore {
     async fn insert(&self, payment: &PaymentRecord) -> Result<(), StoreError> {
         if payment.version != 0 {
-            return Err(StoreError::Corrupt("a new payment starts at version 0".into()));
+            return Err(StoreError::Corrupt(
+                "a new payment starts at version 0".into(),
+            ));
         }
         put_new(&self.client, &self.table, Self::item(payment)?).await
     }
 
-    async fn get(&self, user: &UserId, id: &PaymentId) -> Result<Option<PaymentRecord>, StoreError> {
+    async fn get(
+        &self,
+        user: &UserId,
+        id: &PaymentId,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
         get_item(&self.client, &self.table, user_pk(user), Self::sk(id)).await
     }
 
@@ -312,7 +341,13 @@ impl PaymentStore for DynamoPaymentStore {
     async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError> {
         let mut next = payment.clone();
         next.version = payment.version + 1;
-        put_versioned(&self.client, &self.table, Self::item(&next)?, payment.version).await?;
+        put_versioned(
+            &self.client,
+            &self.table,
+            Self::item(&next)?,
+            payment.version,
+        )
+        .await?;
         Ok(next)
     }
 }
@@ -333,12 +368,15 @@ mod tests {
         assert!(counts.iter().all(|&c| c > 20), "uneven shards: {counts:?}");
         let fixed = ConsentId::parse("3f2b8c1e-6a4d-4e8b-9c1f-2a3b4c5d6e7f").unwrap();
         // Pinned: the shard of an id must never change between releases.
-        assert_eq!(DynamoConsentStore::shard_of(&fixed), DynamoConsentStore::shard_of(&fixed.clone()));
+        assert_eq!(DynamoConsentStore::shard_of(&fixed), 4);
     }
 
     #[test]
     fn bucket_format() {
         let day = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
-        assert_eq!(DynamoConsentStore::renewal_bucket(day, 3), "VALID#2026-11-21#3");
+        assert_eq!(
+            DynamoConsentStore::renewal_bucket(day, 3),
+            "VALID#2026-11-21#3"
+        );
     }
 }

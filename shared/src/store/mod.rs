@@ -110,7 +110,8 @@ pub struct PaymentRecord {
 pub trait ConsentStore: Send + Sync {
     /// Stores a new consent (its `version` must be 0); `AlreadyExists` if the id is taken.
     async fn insert(&self, consent: &ConsentRecord) -> Result<(), StoreError>;
-    async fn get(&self, user: &UserId, id: &ConsentId) -> Result<Option<ConsentRecord>, StoreError>;
+    async fn get(&self, user: &UserId, id: &ConsentId)
+    -> Result<Option<ConsentRecord>, StoreError>;
     /// The user's consents at every bank.
     async fn list_for_user(&self, user: &UserId) -> Result<Vec<ConsentRecord>, StoreError>;
     /// Replaces the stored version `consent.version` with `consent` at `version + 1` and
@@ -124,7 +125,8 @@ pub trait ConsentStore: Send + Sync {
 pub trait PaymentStore: Send + Sync {
     /// Stores a new payment (its `version` must be 0); `AlreadyExists` if the id is taken.
     async fn insert(&self, payment: &PaymentRecord) -> Result<(), StoreError>;
-    async fn get(&self, user: &UserId, id: &PaymentId) -> Result<Option<PaymentRecord>, StoreError>;
+    async fn get(&self, user: &UserId, id: &PaymentId)
+    -> Result<Option<PaymentRecord>, StoreError>;
     async fn list_for_user(&self, user: &UserId) -> Result<Vec<PaymentRecord>, StoreError>;
     /// Conditional replace, as [`ConsentStore::update`].
     async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError>;

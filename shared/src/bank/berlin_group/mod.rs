@@ -61,8 +61,9 @@ impl BerlinGroupConnector {
             .redirect(reqwest::redirect::Policy::none());
         if let Some(credentials) = &config.credentials {
             let pem = credentials.load_pem()?;
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| BankError::Config(format!("bank {}: client identity: {e}", config.id)))?;
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                BankError::Config(format!("bank {}: client identity: {e}", config.id))
+            })?;
             builder = builder.identity(identity);
         }
         let client = builder
@@ -124,7 +125,10 @@ impl BerlinGroupConnector {
     fn request(&self, method: Method, url: Url, headers: CallHeaders<'_>) -> RequestBuilder {
         let mut map = HeaderMap::new();
         let request_id = headers.request_id.cloned().unwrap_or_else(RequestId::new);
-        map.insert(self.header_name("X-Request-ID"), value(&request_id.to_string()));
+        map.insert(
+            self.header_name("X-Request-ID"),
+            value(&request_id.to_string()),
+        );
         if let Some(consent) = headers.consent {
             map.insert(self.header_name("Consent-ID"), value(consent.as_str()));
         }
@@ -132,30 +136,41 @@ impl BerlinGroupConnector {
             if let Some(ip) = psu.ip_address {
                 map.insert(self.header_name("PSU-IP-Address"), value(&ip.to_string()));
             }
-            if let Some(agent) = &psu.user_agent {
-                if let Ok(v) = HeaderValue::from_str(agent) {
-                    map.insert(self.header_name("PSU-User-Agent"), v);
-                }
+            if let Some(Ok(v)) = psu.user_agent.as_deref().map(HeaderValue::from_str) {
+                map.insert(self.header_name("PSU-User-Agent"), v);
             }
         }
-        if let Some(psu_id) = headers.psu_id {
-            if let Ok(v) = HeaderValue::from_str(psu_id) {
-                map.insert(self.header_name("PSU-ID"), v);
-            }
+        if let Some(Ok(v)) = headers.psu_id.map(HeaderValue::from_str) {
+            map.insert(self.header_name("PSU-ID"), v);
         }
         if let Some(redirect) = headers.redirect {
-            map.insert(self.header_name("TPP-Redirect-Preferred"), HeaderValue::from_static("true"));
-            map.insert(self.header_name("TPP-Redirect-URI"), value(redirect.ok.as_str()));
+            map.insert(
+                self.header_name("TPP-Redirect-Preferred"),
+                HeaderValue::from_static("true"),
+            );
+            map.insert(
+                self.header_name("TPP-Redirect-URI"),
+                value(redirect.ok.as_str()),
+            );
             if let Some(nok) = &redirect.nok {
-                map.insert(self.header_name("TPP-Nok-Redirect-URI"), value(nok.as_str()));
+                map.insert(
+                    self.header_name("TPP-Nok-Redirect-URI"),
+                    value(nok.as_str()),
+                );
             }
         }
         for (name, v) in &self.config.quirks.extra_headers {
-            if let (Ok(name), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(v)) {
+            if let (Ok(name), Ok(v)) = (
+                HeaderName::try_from(name.as_str()),
+                HeaderValue::from_str(v),
+            ) {
                 map.insert(name, v);
             }
         }
-        map.insert(reqwest::header::ACCEPT, HeaderValue::from_static("application/json"));
+        map.insert(
+            reqwest::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
         let mut builder = self.client.request(method, url).headers(map);
         if !self.config.quirks.extra_query.is_empty() {
             builder = builder.query(&self.config.quirks.extra_query);
@@ -171,7 +186,10 @@ impl BerlinGroupConnector {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| wire::parse_retry_after(v, chrono::Utc::now()));
-        let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
         if status.is_success() {
             Ok(body.to_vec())
         } else {
@@ -251,7 +269,11 @@ impl BankApi for BerlinGroupConnector {
     }
 
     async fn get_consent(&self, consent: &BankConsentId) -> Result<ConsentDetails, BankError> {
-        let builder = self.request(Method::GET, self.url(&["consents", consent.as_str()]), CallHeaders::default());
+        let builder = self.request(
+            Method::GET,
+            self.url(&["consents", consent.as_str()]),
+            CallHeaders::default(),
+        );
         let response: wire::ConsentInformationResponse = self.call(builder).await?;
         response.into_domain()
     }
@@ -267,11 +289,19 @@ impl BankApi for BerlinGroupConnector {
     }
 
     async fn delete_consent(&self, consent: &BankConsentId) -> Result<(), BankError> {
-        let builder = self.request(Method::DELETE, self.url(&["consents", consent.as_str()]), CallHeaders::default());
+        let builder = self.request(
+            Method::DELETE,
+            self.url(&["consents", consent.as_str()]),
+            CallHeaders::default(),
+        );
         self.send(builder).await.map(|_| ())
     }
 
-    async fn accounts(&self, consent: &BankConsentId, psu: &PsuContext) -> Result<Vec<Account>, BankError> {
+    async fn accounts(
+        &self,
+        consent: &BankConsentId,
+        psu: &PsuContext,
+    ) -> Result<Vec<Account>, BankError> {
         let builder = self.request(
             Method::GET,
             self.url(&["accounts"]),
@@ -332,7 +362,9 @@ impl BankApi for BerlinGroupConnector {
                 )));
             }
             if !seen.insert(page_url.to_string()) {
-                return Err(BankError::Protocol("transaction pages link in a loop".into()));
+                return Err(BankError::Protocol(
+                    "transaction pages link in a loop".into(),
+                ));
             }
             let builder = self.request(
                 Method::GET,
@@ -351,7 +383,10 @@ impl BankApi for BerlinGroupConnector {
         Ok(all)
     }
 
-    async fn initiate_payment(&self, payment: &PaymentInitiation) -> Result<PaymentInitiated, BankError> {
+    async fn initiate_payment(
+        &self,
+        payment: &PaymentInitiation,
+    ) -> Result<PaymentInitiated, BankError> {
         let psu = PsuContext::present(payment.psu_ip);
         let builder = self
             .request(
@@ -405,7 +440,10 @@ mod tests {
             "https://bank.example/xs2a/berlin/1.3/v1/accounts/a:b=c/transactions"
         );
         let c = connector("http://127.0.0.1:8080");
-        assert_eq!(c.url(&["consents"]).as_str(), "http://127.0.0.1:8080/v1/consents");
+        assert_eq!(
+            c.url(&["consents"]).as_str(),
+            "http://127.0.0.1:8080/v1/consents"
+        );
     }
 
     #[test]
@@ -420,6 +458,9 @@ mod tests {
             r("/xs2a/berlin/1.3/v1/accounts/x/transactions?pageIndex=1"),
             "https://bank.example/xs2a/berlin/1.3/v1/accounts/x/transactions?pageIndex=1"
         );
-        assert_eq!(r("https://sca.bank.example/auth?x=1"), "https://sca.bank.example/auth?x=1");
+        assert_eq!(
+            r("https://sca.bank.example/auth?x=1"),
+            "https://sca.bank.example/auth?x=1"
+        );
     }
 }

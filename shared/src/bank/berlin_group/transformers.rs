@@ -123,7 +123,8 @@ impl AmountBody {
     fn to_money(&self) -> Result<Money, BankError> {
         let currency = Currency::parse(&self.currency)
             .map_err(|e| BankError::Protocol(format!("amount currency: {e}")))?;
-        Money::parse(&self.amount, currency).map_err(|e| BankError::Protocol(format!("amount: {e}")))
+        Money::parse(&self.amount, currency)
+            .map_err(|e| BankError::Protocol(format!("amount: {e}")))
     }
 }
 
@@ -145,7 +146,10 @@ pub(crate) struct LinksBody {
 
 impl LinksBody {
     /// `scaRedirect` wins over `scaOAuth` when a bank sends both.
-    fn sca(&self, resolve: &dyn Fn(&str) -> Result<Url, BankError>) -> Result<Option<ScaLink>, BankError> {
+    fn sca(
+        &self,
+        resolve: &dyn Fn(&str) -> Result<Url, BankError>,
+    ) -> Result<Option<ScaLink>, BankError> {
         if let Some(link) = &self.sca_redirect {
             return Ok(Some(ScaLink::Redirect(resolve(&link.href)?)));
         }
@@ -252,7 +256,8 @@ impl AccountListResponse {
                     .resource_id
                     .ok_or_else(|| BankError::Protocol("account without resourceId".into()))?;
                 Ok(Account {
-                    id: AccountId::parse(&id).map_err(|e| BankError::Protocol(format!("resourceId: {e}")))?,
+                    id: AccountId::parse(&id)
+                        .map_err(|e| BankError::Protocol(format!("resourceId: {e}")))?,
                     iban: a
                         .iban
                         .as_deref()
@@ -339,7 +344,10 @@ struct OptionalIbanBody {
 impl OptionalIbanBody {
     /// Counterparty IBANs are informative; one we cannot validate is dropped, not fatal.
     fn iban(opt: &Option<OptionalIbanBody>) -> Option<Iban> {
-        opt.as_ref()?.iban.as_deref().and_then(|s| Iban::parse(s).ok())
+        opt.as_ref()?
+            .iban
+            .as_deref()
+            .and_then(|s| Iban::parse(s).ok())
     }
 }
 
@@ -444,27 +452,42 @@ pub(crate) fn error_from_response(
         (_, "CONSENT_EXPIRED") => BankError::ConsentExpired,
         (_, "CONSENT_INVALID" | "CONSENT_UNKNOWN") => BankError::ConsentInvalid { code, message },
         (429, _) | (_, "ACCESS_EXCEEDED") => BankError::AccessExceeded { retry_after },
-        (_, "RESOURCE_UNKNOWN" | "RESOURCE_EXPIRED") | (404, _) => BankError::ResourceUnknown { message },
+        (_, "RESOURCE_UNKNOWN" | "RESOURCE_EXPIRED") | (404, _) => {
+            BankError::ResourceUnknown { message }
+        }
         (500..=599, _) => BankError::Unavailable {
             status: Some(status),
             retry_after,
         },
-        (400, _) | (_, "FORMAT_ERROR" | "PARAMETER_NOT_SUPPORTED" | "PERIOD_INVALID" | "TIMESTAMP_INVALID") => {
-            BankError::FormatError {
-                code: if code.is_empty() { "FORMAT_ERROR".into() } else { code },
-                message,
-            }
-        }
+        (400, _)
+        | (
+            _,
+            "FORMAT_ERROR" | "PARAMETER_NOT_SUPPORTED" | "PERIOD_INVALID" | "TIMESTAMP_INVALID",
+        ) => BankError::FormatError {
+            code: if code.is_empty() {
+                "FORMAT_ERROR".into()
+            } else {
+                code
+            },
+            message,
+        },
         _ => BankError::Rejected {
             status,
-            code: if code.is_empty() { format!("HTTP_{status}") } else { code },
+            code: if code.is_empty() {
+                format!("HTTP_{status}")
+            } else {
+                code
+            },
             message,
         },
     }
 }
 
 /// `Retry-After` is either delta-seconds or an HTTP date.
-pub(crate) fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<std::time::Duration> {
+pub(crate) fn parse_retry_after(
+    value: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<std::time::Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(std::time::Duration::from_secs(secs));
@@ -481,8 +504,13 @@ mod tests {
 
     #[test]
     fn tpp_messages_map_to_typed_errors() {
-        let body = |code: &str| format!(r#"{{"tppMessages":[{{"category":"ERROR","code":"{code}","text":"t"}}]}}"#);
-        assert_eq!(error_from_response(401, body("CONSENT_EXPIRED").as_bytes(), None), BankError::ConsentExpired);
+        let body = |code: &str| {
+            format!(r#"{{"tppMessages":[{{"category":"ERROR","code":"{code}","text":"t"}}]}}"#)
+        };
+        assert_eq!(
+            error_from_response(401, body("CONSENT_EXPIRED").as_bytes(), None),
+            BankError::ConsentExpired
+        );
         assert!(matches!(
             error_from_response(401, body("CONSENT_INVALID").as_bytes(), None),
             BankError::ConsentInvalid { .. }
@@ -492,7 +520,11 @@ mod tests {
             BankError::ConsentInvalid { .. }
         ));
         assert_eq!(
-            error_from_response(429, body("ACCESS_EXCEEDED").as_bytes(), Some(Duration::from_secs(3))),
+            error_from_response(
+                429,
+                body("ACCESS_EXCEEDED").as_bytes(),
+                Some(Duration::from_secs(3))
+            ),
             BankError::AccessExceeded {
                 retry_after: Some(Duration::from_secs(3))
             }
@@ -507,7 +539,10 @@ mod tests {
         ));
         assert!(matches!(
             error_from_response(503, b"not json", None),
-            BankError::Unavailable { status: Some(503), .. }
+            BankError::Unavailable {
+                status: Some(503),
+                ..
+            }
         ));
         assert!(matches!(
             error_from_response(400, body("PRODUCT_UNKNOWN").as_bytes(), None),
@@ -517,7 +552,10 @@ mod tests {
             error_from_response(403, body("PRODUCT_INVALID").as_bytes(), None),
             BankError::Rejected { status: 403, .. }
         ));
-        assert!(matches!(error_from_response(404, b"", None), BankError::ResourceUnknown { .. }));
+        assert!(matches!(
+            error_from_response(404, b"", None),
+            BankError::ResourceUnknown { .. }
+        ));
     }
 
     #[test]
@@ -527,18 +565,26 @@ mod tests {
             br#"{"tppMessages":[{"category":"ERROR","code":"FORMAT_ERROR","path":"validUntil","text":"validUntil is in the past"}]}"#,
             None,
         );
-        assert!(err.to_string().contains("validUntil is in the past"), "{err}");
+        assert!(
+            err.to_string().contains("validUntil is in the past"),
+            "{err}"
+        );
     }
 
     #[test]
     fn retry_after_forms() {
-        let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").unwrap().to_utc();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z")
+            .unwrap()
+            .to_utc();
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
         assert_eq!(
             parse_retry_after("Sat, 21 Nov 2026 10:00:30 GMT", now),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(parse_retry_after("Sat, 21 Nov 2026 09:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sat, 21 Nov 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
