@@ -432,6 +432,52 @@ mod tests {
         BerlinGroupConnector::new(registry.banks()[0].clone()).unwrap()
     }
 
+    fn with_credentials(credentials: &str) -> Result<BerlinGroupConnector, BankError> {
+        let doc = format!(
+            r#"{{"banks":[{{"id":"b","name":"B","country":"LT","baseUrl":"https://bank.example",
+            "paymentProducts":["sepa-credit-transfers"],"credentials":{credentials}}}]}}"#
+        );
+        let registry = BankRegistry::from_json(&doc).unwrap();
+        BerlinGroupConnector::new(registry.banks()[0].clone())
+    }
+
+    #[test]
+    fn mtls_identity_from_files() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        with_credentials(&format!(
+            r#"{{"certFile":"{dir}/qwac-test.crt","keyFile":"{dir}/qwac-test.key"}}"#
+        ))
+        .expect("a valid certificate and key build a client");
+
+        let err = with_credentials(&format!(
+            r#"{{"certFile":"{dir}/missing.crt","keyFile":"{dir}/qwac-test.key"}}"#
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&err, BankError::Config(m) if m.contains("missing.crt")),
+            "{err}"
+        );
+
+        // A certificate without its key is not an identity.
+        let err = with_credentials(&format!(
+            r#"{{"certFile":"{dir}/qwac-test.crt","keyFile":"{dir}/qwac-test.crt"}}"#
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&err, BankError::Config(m) if m.contains("client identity")),
+            "{err}"
+        );
+
+        let err = with_credentials(
+            r#"{"certEnv":"OPENBANK_TEST_UNSET_CERT","keyEnv":"OPENBANK_TEST_UNSET_KEY"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, BankError::Config(m) if m.contains("OPENBANK_TEST_UNSET_CERT")),
+            "{err}"
+        );
+    }
+
     #[test]
     fn urls_keep_the_base_path_and_encode_segments() {
         let c = connector("https://bank.example/xs2a/berlin/1.3/");
