@@ -5,10 +5,12 @@
 //! - [`bank`]: the `BankApi` port, the bank registry and the Berlin Group 1.3 connector;
 //! - [`store`]: consent and payment stores (DynamoDB adapters);
 //! - [`queue`]: the queue port and its SQS adapter;
-//! - [`aws`]: AWS SDK configuration, from the standard environment only.
+//! - [`aws`]: AWS SDK configuration, from the standard environment only;
+//! - [`telemetry`]: structured JSON logs.
 
 pub mod aws;
 pub mod bank;
 pub mod domain;
 pub mod queue;
 pub mod store;
+pub mod telemetry;
