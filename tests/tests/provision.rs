@@ -1,0 +1,301 @@
+//! Provisions the real template.yaml into local AWS (moto_server on 127.0.0.1:4566, or
+//! whatever AWS_ENDPOINT_URL points at) under a unique stack name, checks what was created
+//! with the AWS SDK, re-provisions (idempotent) and tears down.
+//!
+//! Needs local AWS: `bash scripts/python-env.sh && bash scripts/local-aws.sh start`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::{Context, anyhow, ensure};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::types::{
+    BillingMode, KeyType, ProjectionType, ScalarAttributeType, TimeToLiveStatus,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use infra::provision::{Provisioned, provision, teardown, template_path};
+use infra::template::Template;
+
+const LOCAL_ENDPOINT: &str = "http://127.0.0.1:4566";
+const LOCAL_REGION: &str = "eu-central-1";
+
+fn env_missing(name: &str) -> bool {
+    std::env::var_os(name).is_none_or(|v| v.is_empty())
+}
+
+/// SDK config from the environment, defaulting (only where unset) to moto on
+/// 127.0.0.1:4566, region eu-central-1 and static test/test credentials.
+async fn sdk_config() -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if env_missing("AWS_ENDPOINT_URL") {
+        loader = loader.endpoint_url(LOCAL_ENDPOINT);
+    }
+    if env_missing("AWS_REGION") && env_missing("AWS_DEFAULT_REGION") {
+        loader = loader.region(Region::new(LOCAL_REGION));
+    }
+    if env_missing("AWS_ACCESS_KEY_ID") {
+        loader = loader.credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ));
+    }
+    loader.load().await
+}
+
+#[tokio::test]
+async fn provisions_template_into_local_aws_idempotently() {
+    let sdk = sdk_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    if let Err(e) = dynamodb.list_tables().limit(1).send().await {
+        panic!(
+            "local AWS does not answer at {}: {}\n\
+             start it with: bash scripts/python-env.sh && bash scripts/local-aws.sh start",
+            std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| LOCAL_ENDPOINT.to_owned()),
+            aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+        );
+    }
+
+    let template = Template::load(template_path()).expect("template.yaml loads");
+    let stack = format!("it-{}", uuid::Uuid::new_v4().simple());
+
+    let first = provision(&sdk, &template, &stack)
+        .await
+        .expect("first provision");
+    // Check (and re-provision) before tearing down, whatever the outcome.
+    let checked = check(&sdk, &template, &stack, &first).await;
+    let torn_down = teardown(&sdk, &first).await;
+    let gone = match &torn_down {
+        Ok(()) => check_gone(&sdk, &first).await,
+        Err(_) => Ok(()),
+    };
+
+    checked.expect("provisioned resources match template.yaml");
+    torn_down.expect("teardown");
+    gone.expect("teardown removed everything");
+}
+
+async fn check(
+    sdk: &SdkConfig,
+    template: &Template,
+    stack: &str,
+    provisioned: &Provisioned,
+) -> anyhow::Result<()> {
+    ensure!(provisioned.stack_name == stack);
+    let table_ids: BTreeSet<_> = provisioned.tables.keys().map(String::as_str).collect();
+    ensure!(
+        table_ids == BTreeSet::from(["ConsentsTable", "PaymentsTable"]),
+        "tables: {table_ids:?}"
+    );
+    let queue_ids: BTreeSet<_> = provisioned.queues.keys().map(String::as_str).collect();
+    ensure!(
+        queue_ids
+            == BTreeSet::from([
+                "BulkPaymentDLQ",
+                "BulkPaymentQueue",
+                "PaymentStatusDLQ",
+                "PaymentStatusQueue"
+            ]),
+        "queues: {queue_ids:?}"
+    );
+    ensure!(provisioned.table("ConsentsTable") == format!("{stack}-consents"));
+    ensure!(provisioned.table("PaymentsTable") == format!("{stack}-payments"));
+
+    check_table(sdk, provisioned.table("ConsentsTable"), "ByValidUntil").await?;
+    check_table(sdk, provisioned.table("PaymentsTable"), "ByGsi1").await?;
+
+    check_source_queue(sdk, provisioned, "PaymentStatusQueue", "PaymentStatusDLQ").await?;
+    check_source_queue(sdk, provisioned, "BulkPaymentQueue", "BulkPaymentDLQ").await?;
+    check_dlq(sdk, provisioned, "PaymentStatusDLQ").await?;
+    check_dlq(sdk, provisioned, "BulkPaymentDLQ").await?;
+
+    // Re-running finds everything and changes nothing.
+    let again = provision(sdk, template, stack)
+        .await
+        .context("second provision")?;
+    ensure!(
+        &again == provisioned,
+        "re-provision differs:\n{again:#?}\nvs\n{provisioned:#?}"
+    );
+    check_table(sdk, again.table("ConsentsTable"), "ByValidUntil").await?;
+    check_source_queue(sdk, &again, "PaymentStatusQueue", "PaymentStatusDLQ").await?;
+    Ok(())
+}
+
+async fn check_table(sdk: &SdkConfig, name: &str, gsi_name: &str) -> anyhow::Result<()> {
+    let client = aws_sdk_dynamodb::Client::new(sdk);
+    let described = client
+        .describe_table()
+        .table_name(name)
+        .send()
+        .await
+        .with_context(|| format!("DescribeTable {name}"))?;
+    let table = described
+        .table()
+        .ok_or_else(|| anyhow!("{name}: no description"))?;
+
+    let keys: Vec<_> = table
+        .key_schema()
+        .iter()
+        .map(|k| (k.attribute_name(), k.key_type().clone()))
+        .collect();
+    ensure!(
+        keys == [("pk", KeyType::Hash), ("sk", KeyType::Range)],
+        "{name}: key schema {keys:?}"
+    );
+
+    let attributes: HashMap<_, _> = table
+        .attribute_definitions()
+        .iter()
+        .map(|a| (a.attribute_name(), a.attribute_type().clone()))
+        .collect();
+    for attribute in ["pk", "sk", "gsi1pk", "gsi1sk"] {
+        ensure!(
+            attributes.get(attribute) == Some(&ScalarAttributeType::S),
+            "{name}: attribute {attribute} is not S: {attributes:?}"
+        );
+    }
+
+    let billing = table.billing_mode_summary().and_then(|b| b.billing_mode());
+    ensure!(
+        billing == Some(&BillingMode::PayPerRequest),
+        "{name}: billing {billing:?}"
+    );
+
+    let gsis = table.global_secondary_indexes();
+    ensure!(gsis.len() == 1, "{name}: GSIs {gsis:?}");
+    let gsi = &gsis[0];
+    ensure!(
+        gsi.index_name() == Some(gsi_name),
+        "{name}: GSI {:?}",
+        gsi.index_name()
+    );
+    let gsi_keys: Vec<_> = gsi
+        .key_schema()
+        .iter()
+        .map(|k| (k.attribute_name(), k.key_type().clone()))
+        .collect();
+    ensure!(
+        gsi_keys == [("gsi1pk", KeyType::Hash), ("gsi1sk", KeyType::Range)],
+        "{name}: GSI key schema {gsi_keys:?}"
+    );
+    let projection = gsi.projection().and_then(|p| p.projection_type());
+    ensure!(
+        projection == Some(&ProjectionType::All),
+        "{name}: GSI projection {projection:?}"
+    );
+
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(name)
+        .send()
+        .await
+        .with_context(|| format!("DescribeTimeToLive {name}"))?;
+    let ttl = ttl
+        .time_to_live_description()
+        .ok_or_else(|| anyhow!("{name}: no TTL description"))?;
+    ensure!(
+        ttl.time_to_live_status() == Some(&TimeToLiveStatus::Enabled)
+            && ttl.attribute_name() == Some("expiresAt"),
+        "{name}: TTL {ttl:?}"
+    );
+    Ok(())
+}
+
+async fn queue_attributes(
+    sdk: &SdkConfig,
+    url: &str,
+) -> anyhow::Result<HashMap<QueueAttributeName, String>> {
+    let out = aws_sdk_sqs::Client::new(sdk)
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .with_context(|| format!("GetQueueAttributes {url}"))?;
+    Ok(out.attributes().cloned().unwrap_or_default())
+}
+
+async fn check_source_queue(
+    sdk: &SdkConfig,
+    provisioned: &Provisioned,
+    queue_id: &str,
+    dlq_id: &str,
+) -> anyhow::Result<()> {
+    let queue = provisioned.queue(queue_id);
+    let attributes = queue_attributes(sdk, &queue.url).await?;
+    let get = |name: QueueAttributeName| attributes.get(&name).map(String::as_str);
+
+    ensure!(
+        get(QueueAttributeName::QueueArn) == Some(queue.arn.as_str()),
+        "{queue_id}: arn"
+    );
+    ensure!(
+        get(QueueAttributeName::VisibilityTimeout) == Some("180"),
+        "{queue_id}: {attributes:?}"
+    );
+    ensure!(
+        get(QueueAttributeName::MessageRetentionPeriod) == Some("345600"),
+        "{queue_id}: {attributes:?}"
+    );
+
+    let policy = get(QueueAttributeName::RedrivePolicy)
+        .ok_or_else(|| anyhow!("{queue_id}: no RedrivePolicy: {attributes:?}"))?;
+    let policy: serde_json::Value =
+        serde_json::from_str(policy).with_context(|| format!("{queue_id}: {policy}"))?;
+    ensure!(
+        policy["deadLetterTargetArn"].as_str() == Some(provisioned.queue(dlq_id).arn.as_str()),
+        "{queue_id}: redrive target {policy}"
+    );
+    // SQS renders maxReceiveCount as a number or as a string, depending on how it was set.
+    let max_receive_count = match &policy["maxReceiveCount"] {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    ensure!(
+        max_receive_count == Some(5),
+        "{queue_id}: maxReceiveCount {policy}"
+    );
+    Ok(())
+}
+
+async fn check_dlq(sdk: &SdkConfig, provisioned: &Provisioned, dlq_id: &str) -> anyhow::Result<()> {
+    let attributes = queue_attributes(sdk, provisioned.queue_url(dlq_id)).await?;
+    ensure!(
+        attributes
+            .get(&QueueAttributeName::MessageRetentionPeriod)
+            .map(String::as_str)
+            == Some("1209600"),
+        "{dlq_id}: {attributes:?}"
+    );
+    ensure!(
+        !attributes.contains_key(&QueueAttributeName::RedrivePolicy),
+        "{dlq_id}: a DLQ has no redrive policy: {attributes:?}"
+    );
+    Ok(())
+}
+
+async fn check_gone(sdk: &SdkConfig, provisioned: &Provisioned) -> anyhow::Result<()> {
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    for name in provisioned.tables.values() {
+        match dynamodb.describe_table().table_name(name).send().await {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) => {}
+            // Real DynamoDB deletes asynchronously.
+            Ok(out)
+                if out.table().and_then(|t| t.table_status())
+                    == Some(&aws_sdk_dynamodb::types::TableStatus::Deleting) => {}
+            other => return Err(anyhow!("table {name} still there: {other:?}")),
+        }
+    }
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    for queue in provisioned.queues.values() {
+        let name = queue.url.rsplit('/').next().unwrap_or_default();
+        match sqs.get_queue_url().queue_name(name).send().await {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_queue_does_not_exist()) => {}
+            other => return Err(anyhow!("queue {name} still there: {other:?}")),
+        }
+    }
+    Ok(())
+}
