@@ -22,7 +22,8 @@ pub async fn aws_config() -> aws_config::SdkConfig {
     if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
         loader = loader.endpoint_url("http://127.0.0.1:4566");
     }
-    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
         loader = loader.region(aws_config::Region::new("eu-central-1"));
     }
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
@@ -43,7 +44,8 @@ pub struct LocalStack {
 impl LocalStack {
     pub async fn provision() -> LocalStack {
         let sdk = aws_config().await;
-        let template = infra::template::Template::load(&infra::provision::template_path()).expect("template.yaml");
+        let template = infra::template::Template::load(infra::provision::template_path())
+            .expect("template.yaml");
         let stack = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let resources = infra::provision::provision(&sdk, &template, &stack)
             .await
@@ -60,7 +62,9 @@ impl LocalStack {
     }
 
     pub async fn teardown(self) {
-        infra::provision::teardown(&self.sdk, &self.resources).await.expect("teardown");
+        infra::provision::teardown(&self.sdk, &self.resources)
+            .await
+            .expect("teardown");
     }
 }
 
@@ -78,20 +82,28 @@ impl Sandbox {
     }
 
     /// Starts a sandbox; `adjust` may change the registry entries (e.g. timeouts).
-    pub async fn start_with(config: SandboxConfig, adjust: impl Fn(&mut shared::bank::registry::BankConfig)) -> Sandbox {
+    pub async fn start_with(
+        config: SandboxConfig,
+        adjust: impl Fn(&mut shared::bank::registry::BankConfig),
+    ) -> Sandbox {
         let handle = infra::sandbox::spawn(config).await.expect("sandbox bank");
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/banks.json");
         let text = std::fs::read_to_string(path).expect("infra/banks.json");
         let base = handle.base_url.clone();
-        let parsed = BankRegistry::from_json_with(&text, |name| (name == "SANDBOX_BANK_URL").then(|| base.clone()))
-            .expect("registry");
+        let parsed = BankRegistry::from_json_with(&text, |name| {
+            (name == "SANDBOX_BANK_URL").then(|| base.clone())
+        })
+        .expect("registry");
         let mut banks = parsed.banks().to_vec();
         banks.iter_mut().for_each(&adjust);
         let registry = BankRegistry::new(banks).expect("registry");
         Sandbox {
             handle,
             registry,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
         }
     }
 
@@ -100,19 +112,40 @@ impl Sandbox {
     }
 
     pub fn bank(&self, id: &str) -> Arc<dyn BankApi> {
-        self.connectors().remove(&BankId::parse(id).unwrap()).expect("bank in registry")
+        self.connectors()
+            .remove(&BankId::parse(id).unwrap())
+            .expect("bank in registry")
     }
 
     pub fn admin(&self, path: &str) -> String {
-        format!("{}/__admin/{}", self.handle.base_url, path.trim_start_matches('/'))
+        format!(
+            "{}/__admin/{}",
+            self.handle.base_url,
+            path.trim_start_matches('/')
+        )
     }
 
     pub async fn get_json(&self, admin_path: &str) -> serde_json::Value {
-        self.http.get(self.admin(admin_path)).send().await.unwrap().error_for_status().unwrap().json().await.unwrap()
+        self.http
+            .get(self.admin(admin_path))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Approves or denies a consent or payment as the PSU would on the SCA page.
-    pub async fn decide(&self, bank: &str, kind: &str, id: &str, decision: &str) -> serde_json::Value {
+    pub async fn decide(
+        &self,
+        bank: &str,
+        kind: &str,
+        id: &str,
+        decision: &str,
+    ) -> serde_json::Value {
         self.http
             .post(self.admin(&format!("sca/{bank}/{kind}/{id}?decision={decision}")))
             .send()
@@ -126,10 +159,23 @@ impl Sandbox {
     }
 
     pub async fn set_faults(&self, faults: serde_json::Value) {
-        self.http.put(self.admin("faults")).json(&faults).send().await.unwrap().error_for_status().unwrap();
+        self.http
+            .put(self.admin("faults"))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
     }
 
     pub async fn clear_faults(&self) {
-        self.http.delete(self.admin("faults")).send().await.unwrap().error_for_status().unwrap();
+        self.http
+            .delete(self.admin("faults"))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
     }
 }

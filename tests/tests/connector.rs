@@ -20,8 +20,14 @@ const PSU_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
 
 fn redirect() -> RedirectUris {
     RedirectUris {
-        ok: "https://tpp.example/v1/callbacks/sca?state=ok".parse().unwrap(),
-        nok: Some("https://tpp.example/v1/callbacks/sca?state=nok".parse().unwrap()),
+        ok: "https://tpp.example/v1/callbacks/sca?state=ok"
+            .parse()
+            .unwrap(),
+        nok: Some(
+            "https://tpp.example/v1/callbacks/sca?state=nok"
+                .parse()
+                .unwrap(),
+        ),
     }
 }
 
@@ -47,8 +53,13 @@ fn config() -> SandboxConfig {
 
 async fn valid_consent(sandbox: &Sandbox, bank_id: &str, frequency: u32) -> BankConsentId {
     let bank = sandbox.bank(bank_id);
-    let created = bank.create_consent(&consent_request(90, frequency)).await.unwrap();
-    sandbox.decide(bank_id, "consents", created.consent_id.as_str(), "approve").await;
+    let created = bank
+        .create_consent(&consent_request(90, frequency))
+        .await
+        .unwrap();
+    sandbox
+        .decide(bank_id, "consents", created.consent_id.as_str(), "approve")
+        .await;
     created.consent_id
 }
 
@@ -65,12 +76,28 @@ async fn consent_lifecycle_and_account_information() {
     assert!(sca.as_str().starts_with(&sandbox.handle.base_url), "{sca}");
 
     // Not yet authorised: the bank refuses account access with a typed error.
-    let err = bank.accounts(&created.consent_id, &PsuContext::present(PSU_IP)).await.unwrap_err();
+    let err = bank
+        .accounts(&created.consent_id, &PsuContext::present(PSU_IP))
+        .await
+        .unwrap_err();
     assert!(matches!(err, BankError::ConsentInvalid { .. }), "{err:?}");
 
-    let decided = sandbox.decide("lt-alpha", "consents", created.consent_id.as_str(), "approve").await;
-    assert_eq!(decided["redirect"], "https://tpp.example/v1/callbacks/sca?state=ok");
-    assert_eq!(bank.consent_status(&created.consent_id).await.unwrap(), ConsentStatus::Valid);
+    let decided = sandbox
+        .decide(
+            "lt-alpha",
+            "consents",
+            created.consent_id.as_str(),
+            "approve",
+        )
+        .await;
+    assert_eq!(
+        decided["redirect"],
+        "https://tpp.example/v1/callbacks/sca?state=ok"
+    );
+    assert_eq!(
+        bank.consent_status(&created.consent_id).await.unwrap(),
+        ConsentStatus::Valid
+    );
     let details = bank.get_consent(&created.consent_id).await.unwrap();
     assert_eq!(details.status, ConsentStatus::Valid);
     assert_eq!(details.frequency_per_day, 4);
@@ -81,30 +108,77 @@ async fn consent_lifecycle_and_account_information() {
     let accounts = bank.accounts(&created.consent_id, &psu).await.unwrap();
     let currencies: HashSet<&str> = accounts.iter().map(|a| a.currency.code()).collect();
     assert!(accounts.len() >= 3, "{accounts:?}");
-    assert!(currencies.contains("EUR") && currencies.contains("USD"), "{currencies:?}");
-    assert!(accounts.iter().all(|a| a.iban.as_ref().is_some_and(|i| i.country_code() == "LT")));
+    assert!(
+        currencies.contains("EUR") && currencies.contains("USD"),
+        "{currencies:?}"
+    );
+    assert!(
+        accounts
+            .iter()
+            .all(|a| a.iban.as_ref().is_some_and(|i| i.country_code() == "LT"))
+    );
 
-    let eur = accounts.iter().find(|a| a.currency.code() == "EUR").unwrap();
-    let balances = bank.balances(&created.consent_id, &eur.id, &psu).await.unwrap();
-    assert!(balances.iter().any(|b| b.balance_type == shared::bank::BalanceType::InterimAvailable));
-    assert!(balances.iter().any(|b| b.balance_type == shared::bank::BalanceType::ClosingBooked));
+    let eur = accounts
+        .iter()
+        .find(|a| a.currency.code() == "EUR")
+        .unwrap();
+    let balances = bank
+        .balances(&created.consent_id, &eur.id, &psu)
+        .await
+        .unwrap();
+    assert!(
+        balances
+            .iter()
+            .any(|b| b.balance_type == shared::bank::BalanceType::InterimAvailable)
+    );
+    assert!(
+        balances
+            .iter()
+            .any(|b| b.balance_type == shared::bank::BalanceType::ClosingBooked)
+    );
     assert!(balances.iter().all(|b| b.amount.currency().code() == "EUR"));
 
     // Months of transactions at 25 per page: the connector must follow every page.
-    sandbox.http.delete(sandbox.admin("requests")).send().await.unwrap();
+    sandbox
+        .http
+        .delete(sandbox.admin("requests"))
+        .send()
+        .await
+        .unwrap();
     let query = TransactionQuery {
         booking_status: BookingStatus::Both,
         date_from: Some(Utc::now().date_naive() - Days::new(120)),
         date_to: None,
     };
-    let txs = bank.transactions(&created.consent_id, &eur.id, &query, &psu).await.unwrap();
-    let pages = sandbox.get_json("requests?bank=lt-alpha").await.as_array().unwrap().len();
+    let txs = bank
+        .transactions(&created.consent_id, &eur.id, &query, &psu)
+        .await
+        .unwrap();
+    let pages = sandbox
+        .get_json("requests?bank=lt-alpha")
+        .await
+        .as_array()
+        .unwrap()
+        .len();
     assert!(pages >= 2, "expected several pages, saw {pages} requests");
-    assert!(txs.len() > 25 * (pages - 1), "{} transactions over {pages} pages", txs.len());
-    let ids: HashSet<_> = txs.iter().filter_map(|t| t.transaction_id.clone()).collect();
-    assert_eq!(ids.len(), txs.len(), "every transaction once, each with an id");
+    assert!(
+        txs.len() > 25 * (pages - 1),
+        "{} transactions over {pages} pages",
+        txs.len()
+    );
+    let ids: HashSet<_> = txs
+        .iter()
+        .filter_map(|t| t.transaction_id.clone())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        txs.len(),
+        "every transaction once, each with an id"
+    );
     assert!(txs.iter().any(|t| t.state == TransactionState::Pending));
-    assert!(txs.iter().any(|t| t.amount.is_negative()) && txs.iter().any(|t| t.amount.is_positive()));
+    assert!(
+        txs.iter().any(|t| t.amount.is_negative()) && txs.iter().any(|t| t.amount.is_positive())
+    );
     assert!(txs.iter().any(|t| t.merchant_category_code.is_some()));
     let from = query.date_from.unwrap();
     assert!(txs.iter().filter_map(|t| t.booking_date).all(|d| d >= from));
@@ -113,7 +187,10 @@ async fn consent_lifecycle_and_account_information() {
         booking_status: BookingStatus::Booked,
         ..query
     };
-    let booked = bank.transactions(&created.consent_id, &eur.id, &booked_only, &psu).await.unwrap();
+    let booked = bank
+        .transactions(&created.consent_id, &eur.id, &booked_only, &psu)
+        .await
+        .unwrap();
     assert!(booked.iter().all(|t| t.state == TransactionState::Booked));
     assert!(booked.len() < txs.len());
 
@@ -127,8 +204,16 @@ async fn consent_lifecycle_and_account_information() {
 #[tokio::test]
 async fn sca_oauth_links_are_understood() {
     let sandbox = Sandbox::start(config()).await;
-    let created = sandbox.bank("ee-pohja").create_consent(&consent_request(30, 2)).await.unwrap();
-    assert!(matches!(created.sca, Some(ScaLink::OAuth(_))), "{:?}", created.sca);
+    let created = sandbox
+        .bank("ee-pohja")
+        .create_consent(&consent_request(30, 2))
+        .await
+        .unwrap();
+    assert!(
+        matches!(created.sca, Some(ScaLink::OAuth(_))),
+        "{:?}",
+        created.sca
+    );
 }
 
 #[tokio::test]
@@ -151,28 +236,45 @@ async fn tpp_messages_become_typed_errors() {
             .unwrap();
     }
     let psu = PsuContext::present(PSU_IP);
-    assert_eq!(bank.consent_status(&revoked).await.unwrap(), ConsentStatus::RevokedByPsu);
-    assert!(matches!(bank.accounts(&revoked, &psu).await, Err(BankError::ConsentInvalid { .. })));
-    assert_eq!(bank.accounts(&expired, &psu).await.unwrap_err(), BankError::ConsentExpired);
+    assert_eq!(
+        bank.consent_status(&revoked).await.unwrap(),
+        ConsentStatus::RevokedByPsu
+    );
+    assert!(matches!(
+        bank.accounts(&revoked, &psu).await,
+        Err(BankError::ConsentInvalid { .. })
+    ));
+    assert_eq!(
+        bank.accounts(&expired, &psu).await.unwrap_err(),
+        BankError::ConsentExpired
+    );
 
     let unknown = BankConsentId::parse("no-such-consent").unwrap();
     let err = bank.consent_status(&unknown).await.unwrap_err();
-    assert!(matches!(err, BankError::ConsentInvalid { ref code, .. } if code == "CONSENT_UNKNOWN"), "{err:?}");
+    assert!(
+        matches!(err, BankError::ConsentInvalid { ref code, .. } if code == "CONSENT_UNKNOWN"),
+        "{err:?}"
+    );
 
     // validUntil in the past is a format error the bank explains.
-    let err = bank.create_consent(&ConsentRequest {
-        valid_until: Utc::now().date_naive() - Days::new(1),
-        ..consent_request(1, 4)
-    })
-    .await
-    .unwrap_err();
+    let err = bank
+        .create_consent(&ConsentRequest {
+            valid_until: Utc::now().date_naive() - Days::new(1),
+            ..consent_request(1, 4)
+        })
+        .await
+        .unwrap_err();
     assert!(matches!(err, BankError::FormatError { .. }), "{err:?}");
     assert!(!err.is_transient());
 
     // An account outside the consent.
     let valid = valid_consent(&sandbox, "lv-baltija", 4).await;
     let err = bank
-        .balances(&valid, &shared::domain::AccountId::parse("not-an-account").unwrap(), &psu)
+        .balances(
+            &valid,
+            &shared::domain::AccountId::parse("not-an-account").unwrap(),
+            &psu,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, BankError::ResourceUnknown { .. }), "{err:?}");
@@ -190,7 +292,9 @@ async fn frequency_limit_without_the_user_is_access_exceeded() {
     assert!(matches!(err, BankError::AccessExceeded { .. }), "{err:?}");
     assert!(err.is_transient());
     // With the user present the limit does not apply.
-    bank.accounts(&consent, &PsuContext::present(PSU_IP)).await.unwrap();
+    bank.accounts(&consent, &PsuContext::present(PSU_IP))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -201,7 +305,9 @@ async fn rate_limits_server_errors_and_timeouts() {
     let psu = PsuContext::present(PSU_IP);
 
     sandbox
-        .set_faults(serde_json::json!({"bank": "lt-alpha", "rateLimitRate": 1.0, "retryAfterSecs": 3}))
+        .set_faults(
+            serde_json::json!({"bank": "lt-alpha", "rateLimitRate": 1.0, "retryAfterSecs": 3}),
+        )
         .await;
     let err = bank.accounts(&consent, &psu).await.unwrap_err();
     assert_eq!(
@@ -212,20 +318,40 @@ async fn rate_limits_server_errors_and_timeouts() {
     );
     assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
 
-    sandbox.set_faults(serde_json::json!({"bank": "lt-alpha", "errorRate": 1.0})).await;
+    sandbox
+        .set_faults(serde_json::json!({"bank": "lt-alpha", "errorRate": 1.0}))
+        .await;
     let err = bank.consent_status(&consent).await.unwrap_err();
-    assert!(matches!(err, BankError::Unavailable { status: Some(500..=599), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            BankError::Unavailable {
+                status: Some(500..=599),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.is_transient());
 
-    sandbox.set_faults(serde_json::json!({"bank": "lt-alpha", "hangRate": 1.0, "hangMs": 5000})).await;
+    sandbox
+        .set_faults(serde_json::json!({"bank": "lt-alpha", "hangRate": 1.0, "hangMs": 5000}))
+        .await;
     let started = std::time::Instant::now();
     let err = bank.consent_status(&consent).await.unwrap_err();
     assert_eq!(err, BankError::Timeout(Duration::from_millis(400)));
-    assert!(started.elapsed() < Duration::from_secs(3), "gave up at the deadline, not at the hang");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "gave up at the deadline, not at the hang"
+    );
 
     // Faults for one bank leave the others alone.
     let other = valid_consent(&sandbox, "lv-baltija", 4).await;
-    sandbox.bank("lv-baltija").accounts(&other, &psu).await.unwrap();
+    sandbox
+        .bank("lv-baltija")
+        .accounts(&other, &psu)
+        .await
+        .unwrap();
 
     sandbox.clear_faults().await;
     bank.accounts(&consent, &psu).await.unwrap();
@@ -246,10 +372,16 @@ fn payment(creditor: &str, name: &str, amount: &str, request_id: RequestId) -> P
     }
 }
 
-async fn wait_for_final(bank: &dyn BankApi, id: &shared::domain::BankPaymentId) -> Vec<TransactionStatus> {
+async fn wait_for_final(
+    bank: &dyn BankApi,
+    id: &shared::domain::BankPaymentId,
+) -> Vec<TransactionStatus> {
     let mut seen = vec![];
     for _ in 0..100 {
-        let status = bank.payment_status(PaymentProduct::SepaCreditTransfers, id).await.unwrap();
+        let status = bank
+            .payment_status(PaymentProduct::SepaCreditTransfers, id)
+            .await
+            .unwrap();
         if seen.last() != Some(&status) {
             seen.push(status);
         }
@@ -266,7 +398,12 @@ async fn payment_initiation_is_deduplicated_and_reaches_a_final_status() {
     let sandbox = Sandbox::start(config()).await;
     let bank = sandbox.bank("lt-alpha");
     let request_id = RequestId::new();
-    let p = payment("DE89370400440532013000", "Jonas Jonaitis", "125.50", request_id.clone());
+    let p = payment(
+        "DE89370400440532013000",
+        "Jonas Jonaitis",
+        "125.50",
+        request_id,
+    );
 
     let first = bank.initiate_payment(&p).await.unwrap();
     assert_eq!(first.status, TransactionStatus::Rcvd);
@@ -277,13 +414,20 @@ async fn payment_initiation_is_deduplicated_and_reaches_a_final_status() {
     let counts = sandbox.get_json("counts").await;
     assert_eq!(counts["paymentInitiations"]["lt-alpha"], 1, "{counts}");
 
-    sandbox.decide("lt-alpha", "payments", first.payment_id.as_str(), "approve").await;
+    sandbox
+        .decide("lt-alpha", "payments", first.payment_id.as_str(), "approve")
+        .await;
     let seen = wait_for_final(bank.as_ref(), &first.payment_id).await;
     assert_eq!(seen.last(), Some(&TransactionStatus::Acsc), "{seen:?}");
 
     // A different request id is a different payment.
     let other = bank
-        .initiate_payment(&payment("DE89370400440532013000", "Jonas Jonaitis", "125.50", RequestId::new()))
+        .initiate_payment(&payment(
+            "DE89370400440532013000",
+            "Jonas Jonaitis",
+            "125.50",
+            RequestId::new(),
+        ))
         .await
         .unwrap();
     assert_ne!(other.payment_id, first.payment_id);
@@ -295,20 +439,41 @@ async fn rejected_creditor_and_denied_sca_end_rejected() {
     let bank = sandbox.bank("lt-alpha");
 
     let rejected = bank
-        .initiate_payment(&payment("LT601010012345678901", "Blocked Creditor UAB", "10.00", RequestId::new()))
+        .initiate_payment(&payment(
+            "LT601010012345678901",
+            "Blocked Creditor UAB",
+            "10.00",
+            RequestId::new(),
+        ))
         .await
         .unwrap();
-    sandbox.decide("lt-alpha", "payments", rejected.payment_id.as_str(), "approve").await;
+    sandbox
+        .decide(
+            "lt-alpha",
+            "payments",
+            rejected.payment_id.as_str(),
+            "approve",
+        )
+        .await;
     assert_eq!(
-        wait_for_final(bank.as_ref(), &rejected.payment_id).await.last(),
+        wait_for_final(bank.as_ref(), &rejected.payment_id)
+            .await
+            .last(),
         Some(&TransactionStatus::Rjct)
     );
 
     let denied = bank
-        .initiate_payment(&payment("DE89370400440532013000", "Jonas Jonaitis", "1.00", RequestId::new()))
+        .initiate_payment(&payment(
+            "DE89370400440532013000",
+            "Jonas Jonaitis",
+            "1.00",
+            RequestId::new(),
+        ))
         .await
         .unwrap();
-    sandbox.decide("lt-alpha", "payments", denied.payment_id.as_str(), "deny").await;
+    sandbox
+        .decide("lt-alpha", "payments", denied.payment_id.as_str(), "deny")
+        .await;
     let status = bank
         .payment_status(PaymentProduct::SepaCreditTransfers, &denied.payment_id)
         .await
@@ -317,7 +482,8 @@ async fn rejected_creditor_and_denied_sca_end_rejected() {
 
     let unknown = shared::domain::BankPaymentId::parse("nope").unwrap();
     assert!(matches!(
-        bank.payment_status(PaymentProduct::SepaCreditTransfers, &unknown).await,
+        bank.payment_status(PaymentProduct::SepaCreditTransfers, &unknown)
+            .await,
         Err(BankError::ResourceUnknown { .. })
     ));
 }

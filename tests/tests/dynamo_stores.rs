@@ -46,33 +46,67 @@ async fn consent_store_round_trip_listing_and_versions() {
     for c in [&a1, &a2, &b1] {
         store.insert(c).await.unwrap();
     }
-    assert!(matches!(store.insert(&a1).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(
+        store.insert(&a1).await,
+        Err(StoreError::AlreadyExists)
+    ));
 
-    assert_eq!(store.get(&alice, &a1.consent_id).await.unwrap(), Some(a1.clone()));
+    assert_eq!(
+        store.get(&alice, &a1.consent_id).await.unwrap(),
+        Some(a1.clone())
+    );
     // Keyed by user AND consent: another user's id is simply not there.
     assert_eq!(store.get(&bob, &a1.consent_id).await.unwrap(), None);
-    let mut listed: Vec<_> = store.list_for_user(&alice).await.unwrap().into_iter().map(|c| c.consent_id).collect();
+    let mut listed: Vec<_> = store
+        .list_for_user(&alice)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.consent_id)
+        .collect();
     listed.sort();
     let mut expected = vec![a1.consent_id.clone(), a2.consent_id.clone()];
     expected.sort();
     assert_eq!(listed, expected);
 
     let mut valid = a1.clone();
-    valid.state = valid.state.apply(shared::domain::ConsentEvent::BankReported(shared::domain::ConsentStatus::Valid)).unwrap();
+    valid.state = valid
+        .state
+        .apply(shared::domain::ConsentEvent::BankReported(
+            shared::domain::ConsentStatus::Valid,
+        ))
+        .unwrap();
     valid.bank_consent_id = Some(BankConsentId::parse("bank-consent-1").unwrap());
     let written = store.update(&valid).await.unwrap();
     assert_eq!(written.version, 1);
-    assert_eq!(store.get(&alice, &a1.consent_id).await.unwrap(), Some(written.clone()));
+    assert_eq!(
+        store.get(&alice, &a1.consent_id).await.unwrap(),
+        Some(written.clone())
+    );
 
     // A writer still holding version 0 loses, and is told so.
     let mut stale = a1.clone();
     stale.state = ConsentState::Rejected;
-    assert!(matches!(store.update(&stale).await, Err(StoreError::VersionConflict { expected: 0 })));
-    assert_eq!(store.get(&alice, &a1.consent_id).await.unwrap().unwrap().state, ConsentState::Valid);
+    assert!(matches!(
+        store.update(&stale).await,
+        Err(StoreError::VersionConflict { expected: 0 })
+    ));
+    assert_eq!(
+        store
+            .get(&alice, &a1.consent_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        ConsentState::Valid
+    );
 
     // Updating something that was never stored is not silently an insert.
     let ghost = consent(&alice, "lt-alpha", day);
-    assert!(matches!(store.update(&ghost).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.update(&ghost).await,
+        Err(StoreError::NotFound)
+    ));
     assert_eq!(store.get(&alice, &ghost.consent_id).await.unwrap(), None);
 
     local.teardown().await;
@@ -107,7 +141,9 @@ async fn concurrent_updates_from_one_version_have_exactly_one_winner() {
     local.teardown().await;
 }
 
-async fn futures_join<T: Send + 'static>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+async fn futures_join<T: Send + 'static>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
     let mut out = Vec::new();
     for h in handles.collect::<Vec<_>>() {
         out.push(h.await.unwrap());
@@ -124,7 +160,11 @@ async fn renewal_index_holds_only_valid_unrenewed_consents_of_the_day() {
 
     let mut due = Vec::new();
     for i in 0..20 {
-        let mut c = consent(&UserId::parse(&format!("user-{i}")).unwrap(), "lt-alpha", day);
+        let mut c = consent(
+            &UserId::parse(&format!("user-{i}")).unwrap(),
+            "lt-alpha",
+            day,
+        );
         c.state = ConsentState::Valid;
         store.insert(&c).await.unwrap();
         due.push(c.consent_id);
@@ -138,7 +178,13 @@ async fn renewal_index_holds_only_valid_unrenewed_consents_of_the_day() {
     renewed.state = ConsentState::Valid;
     store.insert(&renewed).await.unwrap();
 
-    let mut found: Vec<_> = store.awaiting_renewal_on(day).await.unwrap().into_iter().map(|c| c.consent_id).collect();
+    let mut found: Vec<_> = store
+        .awaiting_renewal_on(day)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.consent_id)
+        .collect();
     found.sort();
     let mut with_renewed = due.clone();
     with_renewed.push(renewed.consent_id.clone());
@@ -148,7 +194,13 @@ async fn renewal_index_holds_only_valid_unrenewed_consents_of_the_day() {
     // Starting a renewal takes the consent out of the index.
     renewed.renewed_by = Some(ConsentId::new());
     store.update(&renewed).await.unwrap();
-    let mut found: Vec<_> = store.awaiting_renewal_on(day).await.unwrap().into_iter().map(|c| c.consent_id).collect();
+    let mut found: Vec<_> = store
+        .awaiting_renewal_on(day)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.consent_id)
+        .collect();
     found.sort();
     due.sort();
     assert_eq!(found, due);
@@ -183,10 +235,17 @@ async fn payment_store_round_trip_and_conflicts() {
         version: 0,
     };
     store.insert(&p).await.unwrap();
-    assert!(matches!(store.insert(&p).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(
+        store.insert(&p).await,
+        Err(StoreError::AlreadyExists)
+    ));
     let loaded = store.get(&user, &p.payment_id).await.unwrap().unwrap();
     assert_eq!(loaded, p);
-    assert_eq!(loaded.amount.to_minor_string(), "1234.50", "money survives storage exactly");
+    assert_eq!(
+        loaded.amount.to_minor_string(),
+        "1234.50",
+        "money survives storage exactly"
+    );
 
     let mut accepted = loaded.clone();
     accepted.status = Some(TransactionStatus::Rcvd);
@@ -195,10 +254,22 @@ async fn payment_store_round_trip_and_conflicts() {
         at: now,
     });
     let v1 = store.update(&accepted).await.unwrap();
-    assert!(matches!(store.update(&accepted).await, Err(StoreError::VersionConflict { expected: 0 })));
-    assert_eq!(store.get(&user, &p.payment_id).await.unwrap(), Some(v1.clone()));
+    assert!(matches!(
+        store.update(&accepted).await,
+        Err(StoreError::VersionConflict { expected: 0 })
+    ));
+    assert_eq!(
+        store.get(&user, &p.payment_id).await.unwrap(),
+        Some(v1.clone())
+    );
     assert_eq!(store.list_for_user(&user).await.unwrap(), vec![v1]);
-    assert!(store.list_for_user(&UserId::parse("mallory").unwrap()).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_for_user(&UserId::parse("mallory").unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     local.teardown().await;
 }

@@ -20,10 +20,18 @@ const PSU_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
 fn recorded(sandbox_entry: &serde_json::Value) -> RecordedRequest {
     let bank = sandbox_entry["bank"].as_str().unwrap();
     let path = sandbox_entry["path"].as_str().unwrap();
-    let path = path.strip_prefix(&format!("/{bank}")).unwrap_or(path).to_owned();
+    let path = path
+        .strip_prefix(&format!("/{bank}"))
+        .unwrap_or(path)
+        .to_owned();
     let query = match &sandbox_entry["query"] {
-        serde_json::Value::String(q) => url::form_urlencoded::parse(q.as_bytes()).into_owned().collect(),
-        serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect(),
+        serde_json::Value::String(q) => url::form_urlencoded::parse(q.as_bytes())
+            .into_owned()
+            .collect(),
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect(),
         _ => vec![],
     };
     let headers: BTreeMap<String, String> = sandbox_entry["headers"]
@@ -55,8 +63,14 @@ async fn every_connector_request_conforms_to_the_berlin_group_spec() {
     .await;
     let bank = sandbox.bank("lt-alpha");
     let redirect = RedirectUris {
-        ok: "https://tpp.example/v1/callbacks/sca?state=abc".parse().unwrap(),
-        nok: Some("https://tpp.example/v1/callbacks/sca?state=abc&nok=1".parse().unwrap()),
+        ok: "https://tpp.example/v1/callbacks/sca?state=abc"
+            .parse()
+            .unwrap(),
+        nok: Some(
+            "https://tpp.example/v1/callbacks/sca?state=abc&nok=1"
+                .parse()
+                .unwrap(),
+        ),
     };
 
     // One of each call, through the real connector.
@@ -72,19 +86,25 @@ async fn every_connector_request_conforms_to_the_berlin_group_spec() {
         })
         .await
         .unwrap();
-    sandbox.decide("lt-alpha", "consents", all.consent_id.as_str(), "approve").await;
+    sandbox
+        .decide("lt-alpha", "consents", all.consent_id.as_str(), "approve")
+        .await;
     bank.get_consent(&all.consent_id).await.unwrap();
     bank.consent_status(&all.consent_id).await.unwrap();
     let psu = PsuContext::present(PSU_IP);
     let accounts = bank.accounts(&all.consent_id, &psu).await.unwrap();
     let account = &accounts[0];
-    bank.balances(&all.consent_id, &account.id, &PsuContext::absent()).await.unwrap();
+    bank.balances(&all.consent_id, &account.id, &PsuContext::absent())
+        .await
+        .unwrap();
     let query = TransactionQuery {
         booking_status: BookingStatus::Booked,
         date_from: Some(Utc::now().date_naive() - Days::new(90)),
         date_to: Some(Utc::now().date_naive()),
     };
-    bank.transactions(&all.consent_id, &account.id, &query, &psu).await.unwrap();
+    bank.transactions(&all.consent_id, &account.id, &query, &psu)
+        .await
+        .unwrap();
     let narrowed = bank
         .create_consent(&ConsentRequest {
             access: ConsentAccess::Accounts {
@@ -114,7 +134,9 @@ async fn every_connector_request_conforms_to_the_berlin_group_spec() {
     };
     let initiated = bank.initiate_payment(&payment).await.unwrap();
     bank.initiate_payment(&payment).await.unwrap();
-    bank.payment_status(PaymentProduct::SepaCreditTransfers, &initiated.payment_id).await.unwrap();
+    bank.payment_status(PaymentProduct::SepaCreditTransfers, &initiated.payment_id)
+        .await
+        .unwrap();
 
     let log = sandbox.get_json("requests?bank=lt-alpha").await;
     let requests: Vec<RecordedRequest> = log.as_array().unwrap().iter().map(recorded).collect();
@@ -123,10 +145,16 @@ async fn every_connector_request_conforms_to_the_berlin_group_spec() {
     let mut operations = HashMap::new();
     let mut problems = Vec::new();
     for r in &requests {
-        *operations.entry(format!("{} {}", r.method, template_of(&r.path))).or_insert(0) += 1;
+        *operations
+            .entry(format!("{} {}", r.method, template_of(&r.path)))
+            .or_insert(0) += 1;
         problems.extend(spec.check_request(r));
     }
-    assert!(problems.is_empty(), "spec violations:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "spec violations:\n{}",
+        problems.join("\n")
+    );
     for op in [
         "POST /v1/consents",
         "GET /v1/consents/{id}",
@@ -138,28 +166,46 @@ async fn every_connector_request_conforms_to_the_berlin_group_spec() {
         "POST /v1/payments/sepa-credit-transfers",
         "GET /v1/payments/sepa-credit-transfers/{id}/status",
     ] {
-        assert!(operations.contains_key(op), "no {op} recorded; saw {operations:?}");
+        assert!(
+            operations.contains_key(op),
+            "no {op} recorded; saw {operations:?}"
+        );
     }
-    assert!(operations["GET /v1/accounts/{id}/transactions"] >= 2, "paged listing: {operations:?}");
+    assert!(
+        operations["GET /v1/accounts/{id}/transactions"] >= 2,
+        "paged listing: {operations:?}"
+    );
 
     // Headers the flows need beyond the spec's minimum.
-    let consent_post = requests.iter().find(|r| r.method == "POST" && r.path == "/v1/consents").unwrap();
+    let consent_post = requests
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/v1/consents")
+        .unwrap();
     assert_eq!(consent_post.headers["psu-ip-address"], PSU_IP.to_string());
     assert!(consent_post.headers.contains_key("tpp-redirect-uri"));
     assert!(consent_post.headers.contains_key("tpp-nok-redirect-uri"));
-    let balances = requests.iter().find(|r| r.path.ends_with("/balances")).unwrap();
-    assert!(!balances.headers.contains_key("psu-ip-address"), "a background read must not claim the PSU is present");
+    let balances = requests
+        .iter()
+        .find(|r| r.path.ends_with("/balances"))
+        .unwrap();
+    assert!(
+        !balances.headers.contains_key("psu-ip-address"),
+        "a background read must not claim the PSU is present"
+    );
     assert_eq!(balances.headers["consent-id"], all.consent_id.as_str());
 
     // X-Request-ID: unique per call, except the retried payment initiation.
     let mut ids: HashMap<&str, Vec<&RecordedRequest>> = HashMap::new();
     for r in &requests {
-        ids.entry(r.headers["x-request-id"].as_str()).or_default().push(r);
+        ids.entry(r.headers["x-request-id"].as_str())
+            .or_default()
+            .push(r);
     }
     for (id, same) in &ids {
         if same.len() > 1 {
             assert!(
-                same.iter().all(|r| r.method == "POST" && r.path.starts_with("/v1/payments/")),
+                same.iter()
+                    .all(|r| r.method == "POST" && r.path.starts_with("/v1/payments/")),
                 "X-Request-ID {id} reused outside a payment retry"
             );
             assert_eq!(*id, payment.request_id.to_string());
@@ -173,11 +219,10 @@ fn template_of(path: &str) -> String {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let mut out = Vec::new();
     for (i, s) in segs.iter().enumerate() {
-        let is_id = match (segs.get(1).copied(), i) {
-            (Some("consents" | "accounts"), 2) => true,
-            (Some("payments"), 3) => true,
-            _ => false,
-        };
+        let is_id = matches!(
+            (segs.get(1).copied(), i),
+            (Some("consents" | "accounts"), 2) | (Some("payments"), 3)
+        );
         out.push(if is_id { "{id}" } else { s });
     }
     format!("/{}", out.join("/"))

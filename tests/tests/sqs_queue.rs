@@ -35,18 +35,34 @@ async fn a_delayed_message_is_invisible_until_its_delay() {
     let queue = SqsQueue::new(local.sqs(), &url);
 
     let sent_at = Instant::now();
-    queue.send(r#"{"poll":"later"}"#, Duration::from_secs(3)).await.unwrap();
-    queue.send(r#"{"poll":"now"}"#, Duration::ZERO).await.unwrap();
+    queue
+        .send(r#"{"poll":"later"}"#, Duration::from_secs(3))
+        .await
+        .unwrap();
+    queue
+        .send(r#"{"poll":"now"}"#, Duration::ZERO)
+        .await
+        .unwrap();
 
-    assert_eq!(receive_all(&local.sqs(), &url, 0).await, vec![r#"{"poll":"now"}"#.to_owned()]);
-    assert!(receive_all(&local.sqs(), &url, 0).await.is_empty(), "the delayed message showed up early");
+    assert_eq!(
+        receive_all(&local.sqs(), &url, 0).await,
+        vec![r#"{"poll":"now"}"#.to_owned()]
+    );
+    assert!(
+        receive_all(&local.sqs(), &url, 0).await.is_empty(),
+        "the delayed message showed up early"
+    );
 
     let mut got = Vec::new();
     while got.is_empty() && sent_at.elapsed() < Duration::from_secs(15) {
         got = receive_all(&local.sqs(), &url, 1).await;
     }
     assert_eq!(got, vec![r#"{"poll":"later"}"#.to_owned()]);
-    assert!(sent_at.elapsed() >= Duration::from_secs(3), "visible after {:?}", sent_at.elapsed());
+    assert!(
+        sent_at.elapsed() >= Duration::from_secs(3),
+        "visible after {:?}",
+        sent_at.elapsed()
+    );
 
     assert!(matches!(
         queue.send("x", Duration::from_secs(901)).await,
@@ -85,7 +101,11 @@ async fn batch_send_delivers_every_message_once() {
 async fn a_missing_queue_is_an_error_not_a_silent_loss() {
     let local = LocalStack::provision().await;
     let real = local.resources.queue_url("BulkPaymentQueue");
-    let url = format!("{}/no-such-queue-{}", real.rsplit_once('/').unwrap().0, uuid::Uuid::new_v4().simple());
+    let url = format!(
+        "{}/no-such-queue-{}",
+        real.rsplit_once('/').unwrap().0,
+        uuid::Uuid::new_v4().simple()
+    );
     let queue = SqsQueue::new(local.sqs(), url).with_retry_policy(shared::queue::RetryPolicy {
         attempts: 2,
         base_delay: Duration::from_millis(1),
@@ -99,6 +119,9 @@ async fn a_missing_queue_is_an_error_not_a_silent_loss() {
         }])
         .await
         .unwrap_err();
-    assert!(matches!(err, QueueError::Unsent(ref f) if f.len() == 1), "{err:?}");
+    assert!(
+        matches!(err, QueueError::Unsent(ref f) if f.len() == 1),
+        "{err:?}"
+    );
     local.teardown().await;
 }

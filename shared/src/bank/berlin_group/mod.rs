@@ -124,7 +124,7 @@ impl BerlinGroupConnector {
 
     fn request(&self, method: Method, url: Url, headers: CallHeaders<'_>) -> RequestBuilder {
         let mut map = HeaderMap::new();
-        let request_id = headers.request_id.cloned().unwrap_or_else(RequestId::new);
+        let request_id = headers.request_id.copied().unwrap_or_else(RequestId::new);
         map.insert(
             self.header_name("X-Request-ID"),
             value(&request_id.to_string()),
