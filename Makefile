@@ -39,6 +39,7 @@ sandbox:
 
 up: aws-up
 	cargo build -p infra --bins
+	@mkdir -p .local
 	@$(LOCAL_ENV) STACK_NAME=$(STACK_NAME) ./target/debug/provision --env | tee .local/resources.env
 	@echo "sandbox bank on http://$(SANDBOX_ADDR) (banks: lt-alpha, lv-baltija, ee-pohja); Ctrl-C stops it"
 	SANDBOX_ADDR=$(SANDBOX_ADDR) ./target/debug/sandbox-bank
