@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::template::{
-    BillingMode, DeadLetterTarget, KeySchema, Projection, QueueSpec, ResolveContext, TableSpec,
-    Template, Throughput,
+    BillingMode, DeadLetterTarget, DeployedResource, KeySchema, Projection, QueueSpec,
+    ResolveContext, TableSpec, Template, Throughput,
 };
 
 pub use crate::template::template_path;
@@ -47,6 +47,37 @@ pub struct ProvisionedQueue {
 }
 
 impl Provisioned {
+    /// What `!Ref` / `!GetAtt` of each provisioned resource resolve to, for resolving the
+    /// rest of the template (function environments) against this stack.
+    pub fn deployed(&self, region: &str, account_id: &str) -> BTreeMap<String, DeployedResource> {
+        let mut out = BTreeMap::new();
+        for (id, name) in &self.tables {
+            let arn = format!("arn:aws:dynamodb:{region}:{account_id}:table/{name}");
+            out.insert(
+                id.clone(),
+                DeployedResource {
+                    reference: name.clone(),
+                    attributes: BTreeMap::from([("Arn".to_owned(), arn)]),
+                },
+            );
+        }
+        for (id, queue) in &self.queues {
+            let name = queue.arn.rsplit(':').next().unwrap_or_default().to_owned();
+            out.insert(
+                id.clone(),
+                DeployedResource {
+                    reference: queue.url.clone(),
+                    attributes: BTreeMap::from([
+                        ("Arn".to_owned(), queue.arn.clone()),
+                        ("QueueName".to_owned(), name),
+                        ("QueueUrl".to_owned(), queue.url.clone()),
+                    ]),
+                },
+            );
+        }
+        out
+    }
+
     /// Table name of the template's table `logical_id`.
     ///
     /// # Panics

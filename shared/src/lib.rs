@@ -6,11 +6,13 @@
 //! - [`store`]: consent and payment stores (DynamoDB adapters);
 //! - [`queue`]: the queue port and its SQS adapter;
 //! - [`aws`]: AWS SDK configuration, from the standard environment only;
-//! - [`telemetry`]: structured JSON logs.
+//! - [`telemetry`]: structured JSON logs;
+//! - [`http`]: API Gateway request/response helpers (caller identity, problem+json).
 
 pub mod aws;
 pub mod bank;
 pub mod domain;
+pub mod http;
 pub mod queue;
 pub mod store;
 pub mod telemetry;

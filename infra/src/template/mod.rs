@@ -11,6 +11,9 @@
 //! their `Default`.
 
 use std::collections::BTreeMap;
+
+mod functions;
+pub use functions::*;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -35,6 +38,8 @@ pub fn template_path() -> PathBuf {
 pub struct Template {
     parameters: BTreeMap<String, Option<Value>>,
     resources: BTreeMap<String, RawResource>,
+    /// `Globals: Function:` of a SAM template (defaults for every function).
+    globals_function: Mapping,
 }
 
 /// One entry of `Resources`, as written.
@@ -42,6 +47,8 @@ pub struct Template {
 pub struct RawResource {
     pub resource_type: String,
     pub properties: Mapping,
+    /// `Metadata` (SAM build settings live here).
+    pub metadata: Option<Value>,
 }
 
 /// Values of the pseudo parameters, plus overrides of template parameters.
@@ -52,6 +59,18 @@ pub struct ResolveContext {
     pub account_id: String,
     /// Values for template `Parameters`; a parameter missing here takes its `Default`.
     pub parameters: BTreeMap<String, String>,
+    /// What `!Ref` / `!GetAtt` of resources resolve to once they exist (after
+    /// provisioning); without an entry such a reference is an error.
+    pub deployed: BTreeMap<String, DeployedResource>,
+}
+
+/// The physical values of one provisioned resource.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployedResource {
+    /// What `!Ref` returns (table name, queue URL, ...).
+    pub reference: String,
+    /// `!GetAtt` attributes (`Arn`, `QueueName`, ...).
+    pub attributes: BTreeMap<String, String>,
 }
 
 impl ResolveContext {
@@ -65,6 +84,7 @@ impl ResolveContext {
             region: region.into(),
             account_id: account_id.into(),
             parameters: BTreeMap::new(),
+            deployed: BTreeMap::new(),
         }
     }
 
@@ -248,12 +268,19 @@ impl Template {
                 RawResource {
                     resource_type,
                     properties,
+                    metadata: body.get("Metadata").cloned(),
                 },
             );
         }
+        let globals_function = match root.get("Globals").and_then(|g| g.get("Function")) {
+            None | Some(Value::Null) => Mapping::new(),
+            Some(Value::Mapping(m)) => m.clone(),
+            Some(_) => bail!("Globals.Function is not a mapping"),
+        };
         Ok(Self {
             parameters,
             resources,
+            globals_function,
         })
     }
 
@@ -571,7 +598,7 @@ impl Resolver<'_> {
                 Some(Intrinsic::Join(arg)) => self.join(arg),
                 Some(Intrinsic::GetAtt(arg)) => {
                     let (id, attr) = get_att_target(arg)?;
-                    bail!("GetAtt {id}.{attr} is only known once deployed; not supported here")
+                    self.attribute(&id, &attr)
                 }
                 Some(Intrinsic::Other(name)) => bail!("intrinsic {name} is not supported"),
                 None => bail!("expected a string, found {}", describe(value)),
@@ -617,6 +644,8 @@ impl Resolver<'_> {
                         .as_ref()
                         .ok_or_else(|| anyhow!("parameter {name} has no value and no Default"))?;
                     self.string(default)?
+                } else if let Some(deployed) = ctx.deployed.get(name) {
+                    deployed.reference.clone()
                 } else if self.template.resources.contains_key(name) {
                     bail!(
                         "reference to resource {name} is only known once deployed; not supported here"
@@ -663,10 +692,14 @@ impl Resolver<'_> {
                 .find('}')
                 .ok_or_else(|| anyhow!("Sub {text:?}: unclosed ${{"))?;
             let name = after[..end].trim();
-            if name.contains('.') && !name.starts_with("AWS::") {
-                bail!(
-                    "Sub {text:?}: ${{{name}}} (GetAtt) is only known once deployed; not supported here"
+            if let Some((id, attr)) = name.split_once('.').filter(|_| !name.starts_with("AWS::")) {
+                out.push_str(
+                    &self
+                        .attribute(id, attr)
+                        .with_context(|| format!("Sub {text:?}"))?,
                 );
+                rest = &after[end + 1..];
+                continue;
             }
             out.push_str(
                 &self
@@ -677,6 +710,22 @@ impl Resolver<'_> {
         }
         out.push_str(rest);
         Ok(out)
+    }
+
+    /// `!GetAtt id.attr` of a provisioned resource.
+    fn attribute(&self, id: &str, attr: &str) -> anyhow::Result<String> {
+        match self
+            .ctx
+            .deployed
+            .get(id)
+            .and_then(|d| d.attributes.get(attr))
+        {
+            Some(value) => Ok(value.clone()),
+            None if self.template.resources.contains_key(id) => {
+                bail!("GetAtt {id}.{attr} is only known once deployed; not supported here")
+            }
+            None => bail!("GetAtt {id}.{attr}: no resource {id} in the template"),
+        }
     }
 
     /// `!Join [delimiter, [values...]]`.
