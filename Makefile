@@ -14,12 +14,13 @@ LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
 SANDBOX_ADDR ?= 127.0.0.1:8080
 STACK_NAME ?= openbank-local
 
-.PHONY: help setup aws-up aws-down provision sandbox up test fmt-check clippy lint-template unit integration fmt
+.PHONY: help setup aws-up aws-down provision sandbox up token test fmt-check clippy lint-template fmt
 
 help:
-	@echo "make up     run the bundle locally (local AWS, tables/queues from template.yaml, sandbox bank)"
+	@echo "make up     run the bundle locally: local AWS, template.yaml resources, sandbox bank, local runtime on :3000"
 	@echo "make test   fmt check, clippy -D warnings, cfn-lint, unit and integration tests"
 	@echo "make aws-up / aws-down   start / stop moto_server (skipped when AWS_ENDPOINT_URL is set)"
+	@echo "make token  print a local JWT (USER_NAME=alice make token)"
 
 setup:
 	@bash scripts/rust-toolchain.sh
@@ -37,12 +38,11 @@ provision: aws-up
 sandbox:
 	SANDBOX_ADDR=$(SANDBOX_ADDR) cargo run -q -p infra --bin sandbox-bank
 
-up: aws-up
-	cargo build -p infra --bins
-	@mkdir -p .local
-	@$(LOCAL_ENV) STACK_NAME=$(STACK_NAME) ./target/debug/provision --env | tee .local/resources.env
-	@echo "sandbox bank on http://$(SANDBOX_ADDR) (banks: lt-alpha, lv-baltija, ee-pohja); Ctrl-C stops it"
-	SANDBOX_ADDR=$(SANDBOX_ADDR) ./target/debug/sandbox-bank
+up:
+	@bash scripts/up.sh
+
+token:
+	@cargo run -q -p infra --bin local-token -- $${USER_NAME:-demo}
 
 fmt:
 	cargo fmt --all
@@ -57,4 +57,5 @@ lint-template: setup
 	.venv/bin/cfn-lint template.yaml
 
 test: setup fmt-check lint-template clippy aws-up
+	cargo build -p runtime-fixture
 	@$(LOCAL_ENV) cargo test --workspace --all-targets

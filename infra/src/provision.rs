@@ -169,6 +169,13 @@ pub async fn provision(
     template: &Template,
     stack_name: &str,
 ) -> anyhow::Result<Provisioned> {
+    provision_with(sdk, template, &resolve_context(sdk, stack_name)).await
+}
+
+/// The pseudo parameters of a local stack: `${AWS::Region}` from the SDK config (else
+/// [`DEFAULT_REGION`]), `${AWS::AccountId}` from `AWS_ACCOUNT_ID` (else
+/// [`DEFAULT_ACCOUNT_ID`]).
+pub fn resolve_context(sdk: &aws_config::SdkConfig, stack_name: &str) -> ResolveContext {
     let region = sdk
         .region()
         .map_or_else(|| DEFAULT_REGION.to_owned(), |r| r.to_string());
@@ -176,12 +183,7 @@ pub async fn provision(
         .ok()
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| DEFAULT_ACCOUNT_ID.to_owned());
-    provision_with(
-        sdk,
-        template,
-        &ResolveContext::new(stack_name, region, account_id),
-    )
-    .await
+    ResolveContext::new(stack_name, region, account_id)
 }
 
 /// [`provision`] with an explicit resolution context (pseudo parameters, parameter values).

@@ -43,11 +43,16 @@ pub struct LocalStack {
 
 impl LocalStack {
     pub async fn provision() -> LocalStack {
-        let sdk = aws_config().await;
         let template = infra::template::Template::load(infra::provision::template_path())
             .expect("template.yaml");
+        Self::provision_template(&template).await
+    }
+
+    /// Provisions another template (test fixtures) the same way.
+    pub async fn provision_template(template: &infra::template::Template) -> LocalStack {
+        let sdk = aws_config().await;
         let stack = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let resources = infra::provision::provision(&sdk, &template, &stack)
+        let resources = infra::provision::provision(&sdk, template, &stack)
             .await
             .expect("provisioning local AWS from template.yaml (is moto running? `make aws-up`)");
         LocalStack { sdk, resources }

@@ -7,6 +7,7 @@
 //! - [`sqs`]: SQS event source mappings (batches, `ReportBatchItemFailures`, redrive);
 //! - [`schedule`]: EventBridge schedules (rate/cron), fire-now and a time scale.
 
+pub mod app;
 pub mod http_api;
 pub mod jwt;
 pub mod lambda;

@@ -320,14 +320,13 @@ fn package_name(dir: &Path) -> anyhow::Result<String> {
         let line = line.trim();
         if line.starts_with('[') {
             in_package = line == "[package]";
-        } else if in_package {
-            if let Some(value) = line
+        } else if in_package
+            && let Some(value) = line
                 .strip_prefix("name")
                 .map(str::trim)
                 .and_then(|l| l.strip_prefix('='))
-            {
-                return Ok(value.trim().trim_matches('"').to_owned());
-            }
+        {
+            return Ok(value.trim().trim_matches('"').to_owned());
         }
     }
     bail!("{} has no [package] name", manifest.display())
