@@ -22,6 +22,8 @@ export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
 export SANDBOX_ADDR="${SANDBOX_ADDR:-127.0.0.1:8080}"
 export SANDBOX_BANK_URL="${SANDBOX_BANK_URL:-http://$SANDBOX_ADDR}"
 export PORT="${PORT:-3000}"
+# Functions run in their binary's folder (as in Lambda); give them the registry by path.
+export BANK_REGISTRY_PATH="${BANK_REGISTRY_PATH:-$ROOT/infra/banks.json}"
 
 cargo build --workspace --bins
 
@@ -31,7 +33,7 @@ cleanup() {
   echo "stopping..." >&2
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "$started_aws" = 1 ]; then bash scripts/local-aws.sh stop; fi
+  if [ "$started_aws" = 1 ]; then env -u AWS_ENDPOINT_URL bash scripts/local-aws.sh stop; fi
 }
 trap cleanup EXIT INT TERM
 
@@ -40,11 +42,16 @@ pids+=($!)
 ./target/debug/local-runtime &
 pids+=($!)
 
+healthy=0
 for _ in $(seq 1 150); do
-  if curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then break; fi
+  if curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then healthy=1; break; fi
   if ! kill -0 "${pids[1]}" 2>/dev/null; then echo "the local runtime exited" >&2; exit 1; fi
   sleep 0.2
 done
+if [ "$healthy" != 1 ]; then
+  echo "GET /healthz did not answer 200 within 30 s; see the logs above" >&2
+  exit 1
+fi
 TOKEN="$(./target/debug/local-token demo)"
 cat <<MSG
 

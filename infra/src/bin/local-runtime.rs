@@ -24,6 +24,16 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
     }
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM, so `make up` and process managers stop us cleanly and
+/// every function process goes with us.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     shared::telemetry::init();
@@ -79,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
          fire schedule: curl -X POST http://{addr}/__local/schedules/<Function.Event>/fire\n",
         addr = runtime.addr
     );
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await?;
     tracing::info!("stopping the local runtime");
     runtime.stop().await;
     Ok(())
