@@ -14,13 +14,14 @@ LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
 SANDBOX_ADDR ?= 127.0.0.1:8080
 STACK_NAME ?= openbank-local
 
-.PHONY: help setup aws-up aws-down provision sandbox up token test fmt-check clippy lint-template fmt
+.PHONY: help setup aws-up aws-down provision sandbox up bench token test fmt-check clippy lint-template fmt
 
 help:
 	@echo "make up     run the bundle locally: local AWS, template.yaml resources, sandbox bank, local runtime on :3000"
 	@echo "make test   fmt check, clippy -D warnings, cfn-lint, unit and integration tests"
 	@echo "make aws-up / aws-down   start / stop moto_server (skipped when AWS_ENDPOINT_URL is set)"
 	@echo "make token  print a local JWT (USER_NAME=alice make token)"
+	@echo "make bench  release build + per-function size, cold start, latency, memory"
 
 setup:
 	@bash scripts/rust-toolchain.sh
@@ -40,6 +41,9 @@ sandbox:
 
 up:
 	@bash scripts/up.sh
+
+bench:
+	@bash scripts/bench.sh
 
 token:
 	@cargo run -q -p infra --bin local-token -- $${USER_NAME:-demo}
