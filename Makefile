@@ -14,7 +14,7 @@ LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
 SANDBOX_ADDR ?= 127.0.0.1:8080
 STACK_NAME ?= openbank-local
 
-.PHONY: help setup aws-up aws-down provision sandbox up bench token test fmt-check clippy lint-template fmt
+.PHONY: help setup aws-up aws-down provision sandbox up package bench token test fmt-check clippy lint-template fmt
 
 help:
 	@echo "make up     run the bundle locally: local AWS, template.yaml resources, sandbox bank, local runtime on :3000"
@@ -22,6 +22,7 @@ help:
 	@echo "make aws-up / aws-down   start / stop moto_server (skipped when AWS_ENDPOINT_URL is set)"
 	@echo "make token  print a local JWT (USER_NAME=alice make token)"
 	@echo "make bench  release build + per-function size, cold start, latency, memory"
+	@echo "make package  cargo-lambda build of every function (PACKAGE_ARCH=arm64|x86-64)"
 
 setup:
 	@bash scripts/rust-toolchain.sh
@@ -41,6 +42,9 @@ sandbox:
 
 up:
 	@bash scripts/up.sh
+
+package:
+	@bash scripts/package.sh
 
 bench:
 	@bash scripts/bench.sh
