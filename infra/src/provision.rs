@@ -234,6 +234,34 @@ pub async fn provision_with(
     Ok(out)
 }
 
+/// The names `template` *would* get under `ctx`, without creating anything: for checks
+/// and benchmarks that need a runtime plan but no AWS.
+pub fn stand_in(template: &Template, ctx: &ResolveContext) -> anyhow::Result<Provisioned> {
+    let mut out = Provisioned {
+        stack_name: ctx.stack_name.clone(),
+        ..Provisioned::default()
+    };
+    for table in template.tables(ctx)? {
+        out.tables.insert(table.logical_id, table.table_name);
+    }
+    for queue in template.queues(ctx)? {
+        out.queues.insert(
+            queue.logical_id,
+            ProvisionedQueue {
+                url: format!(
+                    "http://127.0.0.1:4566/{}/{}",
+                    ctx.account_id, queue.queue_name
+                ),
+                arn: format!(
+                    "arn:aws:sqs:{}:{}:{}",
+                    ctx.region, ctx.account_id, queue.queue_name
+                ),
+            },
+        );
+    }
+    Ok(out)
+}
+
 /// Deletes the tables and queues of `provisioned` (tests). Missing ones are fine.
 pub async fn teardown(
     sdk: &aws_config::SdkConfig,

@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{Context, anyhow, ensure};
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{
     BillingMode, KeyType, ProjectionType, ScalarAttributeType, TimeToLiveStatus,
 };
@@ -15,40 +15,16 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use infra::provision::{Provisioned, provision, teardown, template_path};
 use infra::template::Template;
 
-const LOCAL_ENDPOINT: &str = "http://127.0.0.1:4566";
-const LOCAL_REGION: &str = "eu-central-1";
-
-fn env_missing(name: &str) -> bool {
-    std::env::var_os(name).is_none_or(|v| v.is_empty())
-}
-
-/// SDK config from the environment, defaulting (only where unset) to moto on
-/// 127.0.0.1:4566, region eu-central-1 and static test/test credentials.
-async fn sdk_config() -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if env_missing("AWS_ENDPOINT_URL") {
-        loader = loader.endpoint_url(LOCAL_ENDPOINT);
-    }
-    if env_missing("AWS_REGION") && env_missing("AWS_DEFAULT_REGION") {
-        loader = loader.region(Region::new(LOCAL_REGION));
-    }
-    if env_missing("AWS_ACCESS_KEY_ID") {
-        loader = loader.credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test", "test", None, None, "static",
-        ));
-    }
-    loader.load().await
-}
-
 #[tokio::test]
 async fn provisions_template_into_local_aws_idempotently() {
-    let sdk = sdk_config().await;
+    let sdk = integration_tests::aws_config().await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     if let Err(e) = dynamodb.list_tables().limit(1).send().await {
         panic!(
             "local AWS does not answer at {}: {}\n\
              start it with: bash scripts/python-env.sh && bash scripts/local-aws.sh start",
-            std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| LOCAL_ENDPOINT.to_owned()),
+            std::env::var("AWS_ENDPOINT_URL")
+                .unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned()),
             aws_sdk_dynamodb::error::DisplayErrorContext(&e)
         );
     }

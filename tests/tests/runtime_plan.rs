@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use infra::local_runtime::app::RuntimePlan;
-use infra::provision::{Provisioned, ProvisionedQueue};
 use infra::template::{ResolveContext, Template};
 
 fn root() -> PathBuf {
@@ -74,20 +73,8 @@ fn wiring(path: &Path) -> Wiring {
 fn plan(template_path: &Path) -> RuntimePlan {
     let template = Template::load(template_path).unwrap();
     let mut ctx = ResolveContext::new("check", "eu-central-1", "123456789012");
-    let mut provisioned = Provisioned::default();
-    for t in template.tables(&ctx).unwrap() {
-        provisioned.tables.insert(t.logical_id, t.table_name);
-    }
-    for q in template.queues(&ctx).unwrap() {
-        provisioned.queues.insert(
-            q.logical_id.clone(),
-            ProvisionedQueue {
-                url: format!("http://127.0.0.1:4566/123456789012/{}", q.queue_name),
-                arn: format!("arn:aws:sqs:eu-central-1:123456789012:{}", q.queue_name),
-            },
-        );
-    }
-    ctx.deployed = provisioned.deployed("eu-central-1", "123456789012");
+    let provisioned = infra::provision::stand_in(&template, &ctx).unwrap();
+    ctx.deployed = provisioned.deployed(&ctx.region, &ctx.account_id);
     RuntimePlan::build(
         &template,
         template_path,

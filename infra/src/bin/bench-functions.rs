@@ -16,7 +16,6 @@ use anyhow::Context;
 use infra::local_runtime::Invoke;
 use infra::local_runtime::app::{PlannedFunction, PlannedRoute, RuntimePlan};
 use infra::local_runtime::lambda::{FunctionConfig, LambdaHost};
-use infra::provision::{Provisioned, ProvisionedQueue};
 use infra::template::{ResolveContext, Template};
 use serde_json::{Value, json};
 
@@ -37,19 +36,7 @@ fn ms(d: Duration) -> String {
 fn plan(template_path: &Path, bin_dir: &Path) -> anyhow::Result<RuntimePlan> {
     let template = Template::load(template_path)?;
     let mut ctx = ResolveContext::new("bench", "eu-central-1", "123456789012");
-    let mut provisioned = Provisioned::default();
-    for t in template.tables(&ctx)? {
-        provisioned.tables.insert(t.logical_id, t.table_name);
-    }
-    for q in template.queues(&ctx)? {
-        provisioned.queues.insert(
-            q.logical_id.clone(),
-            ProvisionedQueue {
-                url: format!("http://127.0.0.1:4566/123456789012/{}", q.queue_name),
-                arn: format!("arn:aws:sqs:eu-central-1:123456789012:{}", q.queue_name),
-            },
-        );
-    }
+    let provisioned = infra::provision::stand_in(&template, &ctx)?;
     ctx.deployed = provisioned.deployed(&ctx.region, &ctx.account_id);
     RuntimePlan::build(&template, template_path, &ctx, &provisioned, bin_dir)
 }
