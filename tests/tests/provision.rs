@@ -57,7 +57,7 @@ async fn check(
     ensure!(provisioned.stack_name == stack);
     let table_ids: BTreeSet<_> = provisioned.tables.keys().map(String::as_str).collect();
     ensure!(
-        table_ids == BTreeSet::from(["ConsentsTable", "PaymentsTable"]),
+        table_ids == BTreeSet::from(["ConsentsTable", "NotificationsTable", "PaymentsTable"]),
         "tables: {table_ids:?}"
     );
     let queue_ids: BTreeSet<_> = provisioned.queues.keys().map(String::as_str).collect();
@@ -73,6 +73,7 @@ async fn check(
     );
     ensure!(provisioned.table("ConsentsTable") == format!("{stack}-consents"));
     ensure!(provisioned.table("PaymentsTable") == format!("{stack}-payments"));
+    ensure!(provisioned.table("NotificationsTable") == format!("{stack}-notifications"));
 
     check_table(sdk, provisioned.table("ConsentsTable"), "ByValidUntil").await?;
     check_table(sdk, provisioned.table("PaymentsTable"), "ByGsi1").await?;

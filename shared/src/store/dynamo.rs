@@ -13,7 +13,10 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{ConsentRecord, ConsentStore, PaymentRecord, PaymentStore, StoreError};
+use super::{
+    ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore, PaymentRecord,
+    PaymentStore, StoreError,
+};
 use crate::domain::{ConsentId, PaymentId, UserId};
 
 type Item = HashMap<String, AttributeValue>;
@@ -349,6 +352,172 @@ impl PaymentStore for DynamoPaymentStore {
         )
         .await?;
         Ok(next)
+    }
+}
+
+// ---------------------------------------------------------------- nonces
+
+/// Single-use nonces, kept in the consents table under their own partition
+/// (`pk = NONCE#<nonce>`), removed by TTL after they expire.
+#[derive(Clone, Debug)]
+pub struct DynamoNonceStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoNonceStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl NonceStore for DynamoNonceStore {
+    async fn consume(
+        &self,
+        nonce: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        let item: Item = HashMap::from([
+            ("pk".to_owned(), s(format!("NONCE#{nonce}"))),
+            ("sk".to_owned(), s("NONCE")),
+            // Kept a day past its expiry: TTL deletion is lazy, and until then the
+            // signature check already refuses the expired state.
+            (
+                "expiresAt".to_owned(),
+                AttributeValue::N((expires_at.timestamp() + 86_400).to_string()),
+            ),
+        ]);
+        match put_new(&self.client, &self.table, item).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::AlreadyExists) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- notifications
+
+/// How long notifications stay in the inbox.
+pub const NOTIFICATION_RETENTION_DAYS: i64 = 180;
+
+/// The in-app inbox: `pk = USER#<user>`, `sk = NOTIF#<created_at>#<id>` (newest first by
+/// a reverse Query), plus a guard item `sk = EVENT#<event id>` written in the same
+/// transaction so one event is stored once.
+#[derive(Clone, Debug)]
+pub struct DynamoNotificationStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoNotificationStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl NotificationStore for DynamoNotificationStore {
+    async fn put(&self, notification: &Notification) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+        let pk = user_pk(&notification.user_id);
+        let expires = AttributeValue::N(
+            (notification.created_at.timestamp() + NOTIFICATION_RETENTION_DAYS * 86_400)
+                .to_string(),
+        );
+        let mut item = to_item(notification)?;
+        item.insert("pk".into(), s(pk.clone()));
+        item.insert(
+            "sk".into(),
+            s(format!(
+                "NOTIF#{}#{}",
+                notification.created_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+                notification.notification_id
+            )),
+        );
+        item.insert("expiresAt".into(), expires.clone());
+        let guard: Item = HashMap::from([
+            ("pk".to_owned(), s(pk)),
+            (
+                "sk".to_owned(),
+                s(format!("EVENT#{}", notification.event_id)),
+            ),
+            ("expiresAt".to_owned(), expires),
+        ]);
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Backend(e.to_string());
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(guard))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .build(),
+            )
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(item))
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .build(),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) => {
+                let duplicate = err.as_service_error().is_some_and(|e| match e {
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => c
+                        .cancellation_reasons()
+                        .first()
+                        .and_then(|r| r.code())
+                        == Some("ConditionalCheckFailed"),
+                    _ => false,
+                });
+                if duplicate {
+                    Ok(false)
+                } else {
+                    Err(backend(err))
+                }
+            }
+        }
+    }
+
+    async fn list(&self, user: &UserId, limit: usize) -> Result<Vec<Notification>, StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(user_pk(user)))
+            .expression_attribute_values(":prefix", s("NOTIF#"))
+            .scan_index_forward(false)
+            .limit(limit as i32)
+            .send()
+            .await
+            .map_err(backend)?;
+        out.items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_item)
+            .collect()
     }
 }
 

@@ -12,11 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::bank::{ConsentAccess, PaymentProduct};
 use crate::domain::{
-    BankConsentId, BankId, BankPaymentId, ConsentId, ConsentState, Iban, Money, PaymentId,
-    RequestId, TransactionStatus, UserId,
+    BankConsentId, BankId, BankPaymentId, ConsentId, ConsentState, Iban, Money, NotificationId,
+    PaymentId, RequestId, TransactionStatus, UserId,
 };
 
-pub use dynamo::{DynamoConsentStore, DynamoPaymentStore};
+pub use dynamo::{
+    DynamoConsentStore, DynamoNonceStore, DynamoNotificationStore, DynamoPaymentStore,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -130,4 +132,39 @@ pub trait PaymentStore: Send + Sync {
     async fn list_for_user(&self, user: &UserId) -> Result<Vec<PaymentRecord>, StoreError>;
     /// Conditional replace, as [`ConsentStore::update`].
     async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError>;
+}
+
+/// Single-use values (the nonce of a signed SCA `state`): the first `consume` of a value
+/// wins, every later one is refused, for as long as the value could still be presented.
+#[async_trait]
+pub trait NonceStore: Send + Sync {
+    /// `true` the first time `nonce` is consumed, `false` ever after (until `expires_at`
+    /// has passed, when the signed value carrying it is no longer accepted anyway).
+    async fn consume(&self, nonce: &str, expires_at: DateTime<Utc>) -> Result<bool, StoreError>;
+}
+
+/// One message in a user's in-app inbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub user_id: UserId,
+    pub notification_id: NotificationId,
+    /// What happened, once: the same event id is stored (and sent) only once.
+    pub event_id: String,
+    /// Machine-readable kind, e.g. `consent.valid`, `consent.renewal_required`.
+    pub kind: String,
+    pub title: String,
+    pub message: String,
+    /// Ids and links the app needs (connectionId, authUrl, ...).
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait NotificationStore: Send + Sync {
+    /// Stores the notification unless one with the same `event_id` exists for the user;
+    /// `true` when it was new.
+    async fn put(&self, notification: &Notification) -> Result<bool, StoreError>;
+    /// The user's notifications, newest first, at most `limit`.
+    async fn list(&self, user: &UserId, limit: usize) -> Result<Vec<Notification>, StoreError>;
 }
