@@ -65,5 +65,5 @@ lint-template: setup
 	.venv/bin/cfn-lint template.yaml
 
 test: setup fmt-check lint-template clippy aws-up
-	cargo build -p runtime-fixture
+	cargo build --workspace --bins
 	@$(LOCAL_ENV) cargo test --workspace --all-targets

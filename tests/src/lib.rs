@@ -184,3 +184,88 @@ impl Sandbox {
             .unwrap();
     }
 }
+
+/// The local runtime serving a template, on a fresh local stack, in this process.
+pub struct Runtime {
+    pub runtime: infra::local_runtime::app::RunningRuntime,
+    pub local: LocalStack,
+    pub http: reqwest::Client,
+}
+
+impl Runtime {
+    /// Provisions `template_path` under a unique stack and starts every function of it
+    /// from the workspace's debug binaries (`cargo build --workspace --bins` first).
+    /// `env` is added to every function's environment.
+    pub async fn start(
+        template_path: &std::path::Path,
+        jwt_secret: &str,
+        env: &[(&str, String)],
+    ) -> Runtime {
+        use infra::local_runtime::app::{RuntimeOptions, RuntimePlan};
+        shared::telemetry::init();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let template = infra::template::Template::load(template_path).expect("template");
+        let local = LocalStack::provision_template(&template).await;
+        let mut ctx = infra::provision::resolve_context(&local.sdk, &local.resources.stack_name);
+        ctx.deployed = local.resources.deployed(&ctx.region, &ctx.account_id);
+        let mut plan = RuntimePlan::build(
+            &template,
+            template_path,
+            &ctx,
+            &local.resources,
+            &root.join("target/debug"),
+        )
+        .expect("runtime plan");
+        let missing = plan.missing_binaries();
+        assert!(
+            missing.is_empty(),
+            "build the functions first (cargo build --workspace --bins): {missing:?}"
+        );
+        // Functions reach the same local AWS as the test (Lambda hands its functions
+        // credentials and a region the same way: through the environment).
+        let mut aws_env = vec![("AWS_REGION", ctx.region.clone())];
+        for (name, default) in [
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ] {
+            aws_env.push((
+                name,
+                std::env::var(name).unwrap_or_else(|_| default.to_owned()),
+            ));
+        }
+        for f in &mut plan.functions {
+            for (k, v) in aws_env.iter().chain(env) {
+                f.environment.insert((*k).to_owned(), v.clone());
+            }
+        }
+        let runtime = infra::local_runtime::app::start(
+            plan,
+            local.sqs(),
+            ctx.region.clone(),
+            RuntimeOptions {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                jwt_secret: jwt_secret.to_owned(),
+                time_scale: 1.0,
+                max_instances: 2,
+                sqs_poll_wait: Duration::from_secs(1),
+            },
+        )
+        .await
+        .expect("local runtime");
+        Runtime {
+            runtime,
+            local,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.runtime.addr)
+    }
+
+    pub async fn stop(self) {
+        self.runtime.stop().await;
+        self.local.teardown().await;
+    }
+}

@@ -4,14 +4,11 @@
 //!
 //! Needs the fixture binaries: `cargo build -p runtime-fixture` (make test does it).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use infra::local_runtime::app::{RunningRuntime, RuntimeOptions, RuntimePlan, start};
 use infra::local_runtime::jwt;
-use infra::template::Template;
-use integration_tests::LocalStack;
+use integration_tests::Runtime;
 use serde_json::Value;
 
 const SECRET: &str = "e2e-secret";
@@ -21,64 +18,30 @@ fn root() -> PathBuf {
 }
 
 struct Harness {
-    runtime: RunningRuntime,
-    local: LocalStack,
+    rt: Runtime,
     log: PathBuf,
-    http: reqwest::Client,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.rt
+    }
 }
 
 impl Harness {
     async fn start() -> Harness {
-        let template_path = root().join("tests/fixtures/runtime-template.yaml");
-        let template = Template::load(&template_path).unwrap();
-        let local = LocalStack::provision_template(&template).await;
-        let mut ctx = infra::provision::resolve_context(&local.sdk, &local.resources.stack_name);
-        ctx.deployed = local.resources.deployed(&ctx.region, &ctx.account_id);
-        let mut plan = RuntimePlan::build(
-            &template,
-            &template_path,
-            &ctx,
-            &local.resources,
-            &root().join("target/debug"),
-        )
-        .unwrap();
-        let missing = plan.missing_binaries();
-        assert!(
-            missing.is_empty(),
-            "build the fixtures first (cargo build -p runtime-fixture): {missing:?}"
-        );
         let log = std::env::temp_dir().join(format!(
             "runtime-e2e-{}.jsonl",
             uuid::Uuid::new_v4().simple()
         ));
-        for f in &mut plan.functions {
-            f.environment
-                .insert("FIXTURE_LOG".into(), log.display().to_string());
-        }
-        let runtime = start(
-            plan,
-            local.sqs(),
-            ctx.region.clone(),
-            RuntimeOptions {
-                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                jwt_secret: SECRET.into(),
-                time_scale: 1.0,
-                max_instances: 2,
-                sqs_poll_wait: Duration::from_secs(1),
-            },
+        let rt = Runtime::start(
+            &root().join("tests/fixtures/runtime-template.yaml"),
+            SECRET,
+            &[("FIXTURE_LOG", log.display().to_string())],
         )
-        .await
-        .unwrap();
-        Harness {
-            runtime,
-            local,
-            log,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.runtime.addr)
+        .await;
+        Harness { rt, log }
     }
 
     /// Invocations recorded by the fixture functions, of one kind.
@@ -93,8 +56,7 @@ impl Harness {
     }
 
     async fn stop(self) {
-        self.runtime.stop().await;
-        self.local.teardown().await;
+        self.rt.stop().await;
         let _ = std::fs::remove_file(&self.log);
     }
 }
