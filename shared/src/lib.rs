@@ -7,12 +7,16 @@
 //! - [`queue`]: the queue port and its SQS adapter;
 //! - [`aws`]: AWS SDK configuration, from the standard environment only;
 //! - [`telemetry`]: structured JSON logs;
-//! - [`http`]: API Gateway request/response helpers (caller identity, problem+json).
+//! - [`http`]: API Gateway request/response helpers (caller identity, problem+json);
+//! - [`sca_state`]: the signed, expiring, single-use `state` of SCA redirects;
+//! - [`services`]: the use cases (bank connections, ...), over the ports above.
 
 pub mod aws;
 pub mod bank;
 pub mod domain;
 pub mod http;
 pub mod queue;
+pub mod sca_state;
+pub mod services;
 pub mod store;
 pub mod telemetry;

@@ -207,6 +207,8 @@ impl Runtime {
         let template = infra::template::Template::load(template_path).expect("template");
         let local = LocalStack::provision_template(&template).await;
         let mut ctx = infra::provision::resolve_context(&local.sdk, &local.resources.stack_name);
+        ctx.parameters
+            .extend(infra::local_runtime::app::local_parameters());
         ctx.deployed = local.resources.deployed(&ctx.region, &ctx.account_id);
         let mut plan = RuntimePlan::build(
             &template,

@@ -26,6 +26,7 @@ fn consent(user: &UserId, bank: &str, valid_until: NaiveDate) -> ConsentRecord {
         recurring: true,
         renewal_of: None,
         renewed_by: None,
+        sca_url: None,
         created_at: now,
         updated_at: now,
         version: 0,

@@ -73,6 +73,8 @@ fn wiring(path: &Path) -> Wiring {
 fn plan(template_path: &Path) -> RuntimePlan {
     let template = Template::load(template_path).unwrap();
     let mut ctx = ResolveContext::new("check", "eu-central-1", "123456789012");
+    ctx.parameters
+        .extend(infra::local_runtime::app::local_parameters());
     let provisioned = infra::provision::stand_in(&template, &ctx).unwrap();
     ctx.deployed = provisioned.deployed(&ctx.region, &ctx.account_id);
     RuntimePlan::build(

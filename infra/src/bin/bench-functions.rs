@@ -36,6 +36,8 @@ fn ms(d: Duration) -> String {
 fn plan(template_path: &Path, bin_dir: &Path) -> anyhow::Result<RuntimePlan> {
     let template = Template::load(template_path)?;
     let mut ctx = ResolveContext::new("bench", "eu-central-1", "123456789012");
+    ctx.parameters
+        .extend(infra::local_runtime::app::local_parameters());
     let provisioned = infra::provision::stand_in(&template, &ctx)?;
     ctx.deployed = provisioned.deployed(&ctx.region, &ctx.account_id);
     RuntimePlan::build(&template, template_path, &ctx, &provisioned, bin_dir)

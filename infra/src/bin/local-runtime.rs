@@ -49,6 +49,8 @@ async fn main() -> anyhow::Result<()> {
             "provisioning local AWS from the template (is local AWS running? `make aws-up`)",
         )?;
     let mut ctx = infra::provision::resolve_context(&sdk, &stack);
+    ctx.parameters
+        .extend(infra::local_runtime::app::local_parameters());
     ctx.deployed = provisioned.deployed(&ctx.region, &ctx.account_id);
 
     let bin_dir = std::env::var_os("LOCAL_BIN_DIR")

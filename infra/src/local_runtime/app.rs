@@ -76,6 +76,16 @@ pub struct PlannedSchedule {
     pub input: Option<serde_json::Value>,
 }
 
+/// Values for template parameters that have no safe default to deploy with (secrets):
+/// locally they come from the environment or a development default.
+pub fn local_parameters() -> BTreeMap<String, String> {
+    let secret = std::env::var("LOCAL_SCA_STATE_SECRET")
+        .ok()
+        .filter(|v| v.len() >= 32)
+        .unwrap_or_else(|| "local-development-sca-state-secret-not-for-deployment".to_owned());
+    BTreeMap::from([("ScaStateSecret".to_owned(), secret)])
+}
+
 /// Lambda's default for SQS event source mappings without ScalingConfig is "as many as
 /// needed"; locally we cap it.
 const DEFAULT_SQS_CONCURRENCY: u32 = 2;

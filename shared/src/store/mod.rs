@@ -57,6 +57,10 @@ pub struct ConsentRecord {
     pub renewal_of: Option<ConsentId>,
     /// The consent created to renew this one.
     pub renewed_by: Option<ConsentId>,
+    /// The bank's SCA link (`scaRedirect` / `scaOAuth`), kept so the app can show it again
+    /// while the consent waits for authorisation. Absent on items written before it existed.
+    #[serde(default)]
+    pub sca_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Bumped by every write; the condition of every update.
