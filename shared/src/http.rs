@@ -97,3 +97,43 @@ pub fn route(request: &Request) -> (String, String) {
         request.raw_path.clone().unwrap_or_default(),
     )
 }
+
+/// The request body as bytes (API Gateway base64-encodes binary bodies).
+pub fn body_bytes(request: &Request) -> Result<Vec<u8>, Problem> {
+    use base64::Engine as _;
+    let Some(body) = request.body.as_deref() else {
+        return Ok(Vec::new());
+    };
+    if request.is_base64_encoded {
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .map_err(|_| {
+                Problem::new(
+                    400,
+                    "validation",
+                    "Invalid request",
+                    "The body is not valid base64.",
+                )
+            })
+    } else {
+        Ok(body.as_bytes().to_vec())
+    }
+}
+
+/// The caller's IP address as API Gateway saw it (`PSU-IP-Address` for the bank).
+pub fn source_ip(request: &Request) -> Option<std::net::IpAddr> {
+    request
+        .request_context
+        .http
+        .source_ip
+        .as_deref()?
+        .parse()
+        .ok()
+}
+
+/// A response without a body.
+pub fn empty(status: u16) -> Response {
+    let mut response = Response::default();
+    response.status_code = i64::from(status);
+    response
+}

@@ -202,7 +202,11 @@ impl Runtime {
         env: &[(&str, String)],
     ) -> Runtime {
         use infra::local_runtime::app::{RuntimeOptions, RuntimePlan};
-        shared::telemetry::init();
+        // Logs (ours and the functions') go to the test's captured output: shown on failure.
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_test_writer()
+            .try_init();
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let template = infra::template::Template::load(template_path).expect("template");
         let local = LocalStack::provision_template(&template).await;
@@ -225,7 +229,18 @@ impl Runtime {
         );
         // Functions reach the same local AWS as the test (Lambda hands its functions
         // credentials and a region the same way: through the environment).
-        let mut aws_env = vec![("AWS_REGION", ctx.region.clone())];
+        // The port is chosen up front so the functions can be told their public URL.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut aws_env = vec![
+            ("AWS_REGION", ctx.region.clone()),
+            (
+                "CALLBACK_URL",
+                format!("http://127.0.0.1:{port}/v1/callbacks/sca"),
+            ),
+        ];
         for (name, default) in [
             ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
             ("AWS_ACCESS_KEY_ID", "test"),
@@ -246,7 +261,7 @@ impl Runtime {
             local.sqs(),
             ctx.region.clone(),
             RuntimeOptions {
-                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
                 jwt_secret: jwt_secret.to_owned(),
                 time_scale: 1.0,
                 max_instances: 2,

@@ -1229,6 +1229,42 @@ fn view(
     }
 }
 
+/// Builds the service as the Lambda functions run it: DynamoDB stores named by
+/// `CONSENTS_TABLE` / `NOTIFICATIONS_TABLE`, connectors from the bank registry
+/// (`BANK_REGISTRY_PATH`), the state secret from `SCA_STATE_SECRET` (≥ 32 bytes) and
+/// [`ConnectionsConfig::from_env`]. Called once per cold start.
+///
+/// # Errors
+/// A message naming what is missing or invalid.
+pub async fn connections_from_env(sdk: &aws_config::SdkConfig) -> Result<Connections, String> {
+    let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let consents_table = var("CONSENTS_TABLE")?;
+    let registry = BankRegistry::from_env().map_err(|e| e.to_string())?;
+    let banks = registry.connectors().map_err(|e| e.to_string())?;
+    let signer = StateSigner::new(var("SCA_STATE_SECRET")?.as_bytes())
+        .map_err(|e| format!("SCA_STATE_SECRET: {e}"))?;
+    Ok(Connections::new(ConnectionsDeps {
+        consents: Arc::new(crate::store::DynamoConsentStore::new(
+            dynamodb.clone(),
+            consents_table.clone(),
+        )),
+        nonces: Arc::new(crate::store::DynamoNonceStore::new(
+            dynamodb.clone(),
+            consents_table,
+        )),
+        notifications: Arc::new(crate::store::DynamoNotificationStore::new(
+            dynamodb,
+            var("NOTIFICATIONS_TABLE")?,
+        )),
+        banks,
+        registry,
+        signer,
+        config: ConnectionsConfig::from_env()?,
+        clock: Arc::new(super::SystemClock),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
