@@ -358,7 +358,11 @@ mod tests {
     #[test]
     fn the_product_template_functions() {
         let template = Template::load(root().join("template.yaml")).unwrap();
-        let functions = template.functions(&ctx(), &root()).unwrap();
+        let mut ctx = ResolveContext::new("stack", "eu-central-1", "123456789012");
+        ctx.parameters.extend(crate::local_runtime::app::local_parameters());
+        let provisioned = crate::provision::stand_in(&template, &ctx).unwrap();
+        ctx.deployed = provisioned.deployed(&ctx.region, &ctx.account_id);
+        let functions = template.functions(&ctx, &root()).unwrap();
         let public = functions
             .iter()
             .find(|f| f.logical_id == "ApiPublicFunction")
@@ -377,6 +381,15 @@ mod tests {
                 .events
                 .iter()
                 .any(|e| matches!(e, EventSpec::HttpApi { path, .. } if path == "/v1/banks"))
+        );
+        let connections = functions
+            .iter()
+            .find(|f| f.logical_id == "ApiConnectionsFunction")
+            .unwrap();
+        assert_eq!(connections.environment["CONSENTS_TABLE"], "stack-consents");
+        assert_eq!(
+            connections.environment["CALLBACK_URL"],
+            "http://127.0.0.1:3000/v1/callbacks/sca"
         );
     }
 
