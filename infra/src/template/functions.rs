@@ -359,7 +359,8 @@ mod tests {
     fn the_product_template_functions() {
         let template = Template::load(root().join("template.yaml")).unwrap();
         let mut ctx = ResolveContext::new("stack", "eu-central-1", "123456789012");
-        ctx.parameters.extend(crate::local_runtime::app::local_parameters());
+        ctx.parameters
+            .extend(crate::local_runtime::app::local_parameters());
         let provisioned = crate::provision::stand_in(&template, &ctx).unwrap();
         ctx.deployed = provisioned.deployed(&ctx.region, &ctx.account_id);
         let functions = template.functions(&ctx, &root()).unwrap();
