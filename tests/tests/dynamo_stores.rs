@@ -1,5 +1,6 @@
 //! The DynamoDB stores against local AWS, on tables provisioned from template.yaml.
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{Days, NaiveDate, Utc};
 use integration_tests::LocalStack;
 use shared::bank::{ConsentAccess, PaymentProduct};
@@ -26,6 +27,9 @@ fn consent(user: &UserId, bank: &str, valid_until: NaiveDate) -> ConsentRecord {
         recurring: true,
         renewal_of: None,
         renewed_by: None,
+        renewal_notified: false,
+        lease_until: None,
+        psu_ip: Some("203.0.113.7".parse().unwrap()),
         sca_url: None,
         created_at: now,
         updated_at: now,
@@ -152,6 +156,29 @@ async fn futures_join<T: Send + 'static>(
     out
 }
 
+/// Whether the stored item carries the renewal index key (the index is sparse).
+async fn indexed(local: &LocalStack, record: &ConsentRecord) -> bool {
+    let item = local
+        .dynamodb()
+        .get_item()
+        .table_name(local.resources.table("ConsentsTable"))
+        .key(
+            "pk",
+            AttributeValue::S(format!("USER#{}", record.user_id.as_str())),
+        )
+        .key(
+            "sk",
+            AttributeValue::S(format!("CONSENT#{}", record.consent_id.as_str())),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("stored");
+    item.contains_key("gsi1pk")
+}
+
 #[tokio::test]
 async fn renewal_index_holds_only_valid_unrenewed_consents_of_the_day() {
     let local = LocalStack::provision().await;
@@ -159,7 +186,7 @@ async fn renewal_index_holds_only_valid_unrenewed_consents_of_the_day() {
     let day = NaiveDate::from_ymd_opt(2027, 3, 1).unwrap();
     let user = UserId::parse("dave").unwrap();
 
-    let mut due = Vec::new();
+    let mut due_records = Vec::new();
     for i in 0..20 {
         let mut c = consent(
             &UserId::parse(&format!("user-{i}")).unwrap(),
@@ -168,43 +195,62 @@ async fn renewal_index_holds_only_valid_unrenewed_consents_of_the_day() {
         );
         c.state = ConsentState::Valid;
         store.insert(&c).await.unwrap();
-        due.push(c.consent_id);
+        due_records.push(c);
     }
+    due_records.sort_by(|a, b| a.consent_id.cmp(&b.consent_id));
+    let due: Vec<ConsentId> = due_records.iter().map(|c| c.consent_id.clone()).collect();
     let pending = consent(&user, "lt-alpha", day); // not valid yet: not indexed
     store.insert(&pending).await.unwrap();
     let mut other_day = consent(&user, "lt-alpha", day + Days::new(1));
     other_day.state = ConsentState::Valid;
     store.insert(&other_day).await.unwrap();
+    let mut notified = consent(&user, "ee-pohja", day); // renewal finished: not indexed
+    notified.state = ConsentState::Valid;
+    notified.renewed_by = Some(ConsentId::new());
+    notified.renewal_notified = true;
+    store.insert(&notified).await.unwrap();
     let mut renewed = consent(&user, "lv-baltija", day);
     renewed.state = ConsentState::Valid;
     store.insert(&renewed).await.unwrap();
+    assert!(!indexed(&local, &pending).await);
+    assert!(!indexed(&local, &notified).await);
+    assert!(indexed(&local, &renewed).await);
 
-    let mut found: Vec<_> = store
-        .awaiting_renewal_on(day)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.consent_id)
-        .collect();
-    found.sort();
+    let found = |store: DynamoConsentStore| async move {
+        let mut found: Vec<_> = store
+            .awaiting_renewal_on(day)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.consent_id)
+            .collect();
+        found.sort();
+        found
+    };
     let mut with_renewed = due.clone();
     with_renewed.push(renewed.consent_id.clone());
     with_renewed.sort();
-    assert_eq!(found, with_renewed);
+    assert_eq!(found(store.clone()).await, with_renewed);
 
-    // Starting a renewal takes the consent out of the index.
+    // A started renewal keeps the consent in the index (a crashed run is resumed) ...
     renewed.renewed_by = Some(ConsentId::new());
-    store.update(&renewed).await.unwrap();
-    let mut found: Vec<_> = store
-        .awaiting_renewal_on(day)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.consent_id)
-        .collect();
-    found.sort();
-    due.sort();
-    assert_eq!(found, due);
+    let renewed = store.update(&renewed).await.unwrap();
+    assert!(indexed(&local, &renewed).await);
+    assert_eq!(found(store.clone()).await, with_renewed);
+
+    // ... until its user has been notified: then the consent leaves the index.
+    let mut done = renewed.clone();
+    done.renewal_notified = true;
+    let done = store.update(&done).await.unwrap();
+    assert!(!indexed(&local, &done).await);
+    assert_eq!(found(store.clone()).await, due);
+
+    // Leaving `valid` takes a consent out as well.
+    let mut superseded = due_records[0].clone();
+    superseded.state = ConsentState::Superseded;
+    let superseded = store.update(&superseded).await.unwrap();
+    assert!(!indexed(&local, &superseded).await);
+    assert_eq!(found(store.clone()).await, due[1..].to_vec());
 
     local.teardown().await;
 }

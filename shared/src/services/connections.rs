@@ -19,9 +19,15 @@
 //!   with the bank still saying `received` stays pending.
 //! - Only redirect-style SCA (`scaRedirect` / `scaOAuth` links) is supported: a bank that
 //!   answers without an SCA link gets its consent deleted again and the call fails.
+//! - "Renew now" and the daily renewal job ([`super::renewal`]) share one routine
+//!   (`Connections::carry_renewal`): claim first (a renewal record with an id derived from
+//!   the renewed consent's id), then one lease holder creates the consent at the bank, then
+//!   the user is notified. Concurrent or crashed runs create one renewal at the bank; the
+//!   steps, and the one crash window that can leave an unused consent at a bank, are
+//!   described in [`super::renewal`].
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use chrono::{DateTime, Days, Duration, NaiveDate, Utc};
@@ -29,6 +35,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tracing::{error, info, warn};
 use url::Url;
+use uuid::Uuid;
 
 use super::{Clock, ServiceError};
 use crate::bank::registry::{BankConfig, BankRegistry};
@@ -56,6 +63,28 @@ const DEFAULT_CALLBACK_URL: &str = "http://127.0.0.1:3000/v1/callbacks/sca";
 const DEFAULT_REDIRECT_ALLOW_LIST: &str = "http://127.0.0.1:3000,http://localhost:3000";
 
 const BODY_FIELDS: [&str; 4] = ["bankId", "validDays", "frequencyPerDay", "redirectUrl"];
+
+/// Namespace of renewal ids: the first renewal of consent `X` is
+/// `UUID v5(RENEWAL_ID_NAMESPACE, X)`; after a failed renewal `F`, the next one is
+/// `UUID v5(RENEWAL_ID_NAMESPACE, F)`. Every runner derives the same id, so concurrent
+/// runs meet on one record. Never change it: ids already stored were derived with it.
+pub const RENEWAL_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2d8e_4b7a_5c39_9e02_a4d1_7b3f_c860);
+/// How long one runner holds a renewal to create its consent at the bank: far longer than
+/// a bank call may take (the connectors time out within seconds), so a live holder never
+/// loses it; a holder that crashed blocks the renewal for at most this long.
+pub const RENEWAL_LEASE_SECS: i64 = 120;
+/// `PSU-IP-Address` the renewal job sends when the renewed consent has no recorded PSU IP
+/// (records written before it was stored). The Berlin Group makes the header mandatory for
+/// consent creation; without the PSU present there is no true value, and loopback says so
+/// plainly rather than pretending to be the user.
+pub const FALLBACK_RENEWAL_PSU_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// How long the SCA `state` of a renewal is accepted. The user follows the link from a
+/// notification, possibly days later (the job renews up to a week ahead), so the 30 minutes
+/// of an interactive connect would expire first. Still signed and single-use.
+pub const RENEWAL_STATE_TTL_DAYS: i64 = 14;
+/// Rounds of re-reading the renewed consent after lost races before giving up (the next
+/// run, or the user's retry, continues).
+const RENEWAL_ROUNDS: usize = 4;
 
 /// Settings of the connections service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -256,14 +285,35 @@ struct ConnectRequest<'a> {
     redirect_url: Option<Url>,
 }
 
-/// Outcome of recording a renewal on the consent it renews.
-enum Claim {
-    /// Our renewal is recorded.
-    Won,
-    /// Another renewal was recorded first; it is returned.
-    Lost(Box<ConsentRecord>),
-    /// The old consent is no longer valid (or gone).
-    Gone,
+/// Where a renewal stands after [`Connections::carry_renewal`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RenewalProgress {
+    /// The renewal exists at the bank and the user has been notified (or it is even valid
+    /// already).
+    Ready {
+        renewal: Box<ConsentRecord>,
+        /// This call inserted the renewal record (it started the renewal).
+        started: bool,
+        /// This call wrote anything at all; `false` when another runner had done everything.
+        progressed: bool,
+    },
+    /// Another runner holds the renewal's lease: it is creating the consent at the bank.
+    Busy {
+        /// This call inserted the renewal record (it started the renewal).
+        started: bool,
+    },
+    /// The consent is no longer valid (or gone): nothing to renew.
+    NotRenewable,
+}
+
+/// Outcome of the lease and bank steps of a renewal.
+enum AtBank {
+    /// The renewal now has its consent at the bank.
+    Created(Box<ConsentRecord>),
+    /// Another runner holds the lease.
+    Busy,
+    /// The renewal ended meanwhile (revoked with its connection): start over.
+    Ended,
 }
 
 impl Connections {
@@ -310,6 +360,9 @@ impl Connections {
             recurring: true,
             renewal_of: None,
             renewed_by: None,
+            renewal_notified: false,
+            lease_until: None,
+            psu_ip: Some(psu_ip),
             sca_url: None,
             created_at: now,
             updated_at: now,
@@ -402,15 +455,34 @@ impl Connections {
     /// [`ServiceError::Store`].
     pub async fn revoke(&self, user: &UserId, id: &str) -> Result<(), ServiceError> {
         let record = self.load(user, id).await?;
-        let renewal_id = record.renewed_by.clone();
+        let consent_id = record.consent_id.clone();
         let was_final = record.state.is_final();
         self.terminate(record, true).await?;
         if was_final {
             return Ok(());
         }
-        if let Some(renewal_id) = renewal_id {
+        // Its renewal, if one was started. Read after our write, so a renewal recorded
+        // concurrently is seen too (a renewal run acting later finds this consent no longer
+        // valid and stops). The first renewal's id is derived, so one whose run crashed
+        // before recording it here is found as well.
+        let mut renewals = vec![renewal_id_after(&consent_id)];
+        match self.consents.get(user, &consent_id).await {
+            Ok(Some(fresh)) => {
+                if let Some(id) = fresh.renewed_by.filter(|id| !renewals.contains(id)) {
+                    renewals.insert(0, id);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(consent_id = %consent_id, error = %e, "could not re-read a revoked consent")
+            }
+        }
+        for renewal_id in renewals {
             match self.consents.get(user, &renewal_id).await {
-                Ok(Some(renewal)) if !renewal.state.is_final() => {
+                Ok(Some(renewal))
+                    if !renewal.state.is_final()
+                        && renewal.renewal_of.as_ref() == Some(&consent_id) =>
+                {
                     if let Err(e) = self.terminate(renewal, false).await {
                         warn!(
                             consent_id = %renewal_id,
@@ -427,12 +499,14 @@ impl Connections {
     }
 
     /// `POST /v1/connections/{id}/renew`: starts a renewal now (same bank, access and
-    /// frequency; the bank's longest validity). Idempotent: while a renewal is in progress
-    /// it is returned again.
+    /// frequency; the bank's longest validity), through the same routine as the renewal
+    /// job ([`super::renewal`]), with the caller's IP as `PSU-IP-Address`. Idempotent:
+    /// while a renewal is in progress it is returned again (and the user notified once).
     ///
     /// # Errors
     /// [`ServiceError::NotFound`]; [`ServiceError::Conflict`] unless the connection is
-    /// valid; [`ServiceError::Bank`]; [`ServiceError::Store`].
+    /// valid, or while another run is creating the renewal at the bank right now (retry in a
+    /// moment); [`ServiceError::Bank`]; [`ServiceError::Store`].
     pub async fn renew_now(
         &self,
         user: &UserId,
@@ -443,85 +517,15 @@ impl Connections {
         if old.state != ConsentState::Valid {
             return Err(not_renewable());
         }
-        if let Some(existing) = self.live_renewal(&old).await? {
-            return Ok(created(&existing));
-        }
-        let (bank, connector) = self
-            .registry
-            .get(&old.bank_id)
-            .zip(self.banks.get(&old.bank_id))
-            .ok_or_else(|| ServiceError::Conflict("this bank is no longer supported".into()))?;
-        let now = self.clock.now();
-        let days = bank.max_consent_days.min(MAX_VALID_DAYS);
-        let renewal = ConsentRecord {
-            user_id: user.clone(),
-            consent_id: ConsentId::new(),
-            bank_id: old.bank_id.clone(),
-            bank_consent_id: None,
-            state: ConsentState::PendingAuthorization,
-            access: old.access.clone(),
-            valid_until: now.date_naive() + Days::new(u64::from(days)),
-            frequency_per_day: old.frequency_per_day,
-            recurring: old.recurring,
-            renewal_of: Some(old.consent_id.clone()),
-            renewed_by: None,
-            sca_url: None,
-            created_at: now,
-            updated_at: now,
-            version: 0,
-        };
-        self.consents.insert(&renewal).await?;
-        let renewal = self
-            .start_authorisation(renewal, connector.as_ref(), psu_ip, None)
-            .await?;
-
-        match self.claim_renewal(old.clone(), &renewal).await {
-            Ok(Claim::Won) => {
-                info!(
-                    consent_id = %old.consent_id,
-                    renewal_id = %renewal.consent_id,
-                    bank_id = %old.bank_id,
-                    "renewal started"
-                );
-                self.notify(
-                    &renewal,
-                    format!("consent:{}:renewal:{}", old.consent_id, renewal.consent_id),
-                    "consent.renewal_required",
-                    "Renew your bank connection",
-                    format!(
-                        "Your connection to {} is valid until {}. Authorise its renewal at \
-                         your bank to keep your accounts up to date.",
-                        self.bank_name(&old.bank_id),
-                        old.valid_until
-                    ),
-                    json!({
-                        "connectionId": renewal.consent_id,
-                        "renewalOf": old.consent_id,
-                        "bankId": renewal.bank_id,
-                        "authUrl": renewal.sca_url,
-                    }),
-                )
-                .await;
-                Ok(created(&renewal))
-            }
-            Ok(Claim::Lost(winner)) => {
-                info!(
-                    consent_id = %old.consent_id,
-                    renewal_id = %winner.consent_id,
-                    discarded_id = %renewal.consent_id,
-                    "another renewal won the race"
-                );
-                self.discard(renewal).await;
-                Ok(created(&winner))
-            }
-            Ok(Claim::Gone) => {
-                self.discard(renewal).await;
-                Err(not_renewable())
-            }
-            Err(e) => {
-                self.discard(renewal).await;
-                Err(e)
-            }
+        match self
+            .carry_renewal(user, &old.consent_id, Some(psu_ip))
+            .await?
+        {
+            RenewalProgress::Ready { renewal, .. } => Ok(created(&renewal)),
+            RenewalProgress::Busy { .. } => Err(ServiceError::Conflict(
+                "the renewal of this connection is being prepared; try again in a moment".into(),
+            )),
+            RenewalProgress::NotRenewable => Err(not_renewable()),
         }
     }
 
@@ -647,6 +651,385 @@ impl Connections {
                     message,
                 }
             }
+        }
+    }
+
+    // ---- renewal (shared by "renew now" and the renewal job) ---------------------------
+
+    /// The consent store (the renewal job reads its index).
+    pub(crate) fn consent_store(&self) -> &dyn ConsentStore {
+        self.consents.as_ref()
+    }
+
+    /// Carries the renewal of `user`'s consent `old_id` as far as it goes: claim, lease,
+    /// consent at the bank, notification (steps 1 to 6 of [`super::renewal`]). Safe to run
+    /// any number of times, concurrently, and after a crash at any point: it continues what
+    /// an earlier run left. `psu_ip` is the caller's IP when the user asks; the job passes
+    /// `None`, and the PSU IP recorded with the consent is sent instead.
+    pub(crate) async fn carry_renewal(
+        &self,
+        user: &UserId,
+        old_id: &ConsentId,
+        psu_ip: Option<IpAddr>,
+    ) -> Result<RenewalProgress, ServiceError> {
+        let mut started = false;
+        let mut progressed = false;
+        // The record this call inserted: dropped if the consent turns out to be renewed by
+        // another record (only a writer predating derived ids can cause that).
+        let mut inserted: Option<ConsentId> = None;
+        for _ in 0..RENEWAL_ROUNDS {
+            let Some(old) = self.consents.get(user, old_id).await? else {
+                return Ok(RenewalProgress::NotRenewable);
+            };
+            if old.state != ConsentState::Valid {
+                return Ok(RenewalProgress::NotRenewable);
+            }
+            // Which renewal: the one recorded on the consent, unless that one failed; then
+            // the next one of the derived chain.
+            let (renewal_id, recorded) = match &old.renewed_by {
+                None => (renewal_id_after(&old.consent_id), None),
+                Some(id) => match self.consents.get(user, id).await? {
+                    Some(renewal) if renewal.state.is_final() => (renewal_id_after(id), None),
+                    recorded => (id.clone(), recorded),
+                },
+            };
+
+            // Step 1: the renewal record. Whoever inserts it first, everyone continues with it.
+            let renewal = match recorded {
+                Some(renewal) => renewal,
+                None => {
+                    let fresh = self.renewal_record(&old, &renewal_id, psu_ip)?;
+                    match self.consents.insert(&fresh).await {
+                        Ok(()) => {
+                            info!(consent_id = %old.consent_id, renewal_id = %renewal_id,
+                                bank_id = %old.bank_id, "renewal started");
+                            started = true;
+                            progressed = true;
+                            inserted = Some(renewal_id.clone());
+                            fresh
+                        }
+                        Err(StoreError::AlreadyExists) => self
+                            .consents
+                            .get(user, &renewal_id)
+                            .await?
+                            .ok_or(StoreError::NotFound)?,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            if renewal.renewal_of.as_ref() != Some(&old.consent_id) {
+                return Err(StoreError::Corrupt(format!(
+                    "consent {} is recorded as the renewal of {} but does not renew it",
+                    renewal.consent_id, old.consent_id
+                ))
+                .into());
+            }
+
+            // Step 2: the renewed consent points at it (and stays in the index until step 6).
+            let old = if old.renewed_by.as_ref() == Some(&renewal.consent_id) {
+                old
+            } else {
+                let mut updated = old.clone();
+                updated.renewed_by = Some(renewal.consent_id.clone());
+                updated.renewal_notified = false;
+                updated.updated_at = self.clock.now();
+                match self.consents.update(&updated).await {
+                    Ok(saved) => {
+                        progressed = true;
+                        saved
+                    }
+                    // Someone else wrote it: read again and decide again.
+                    Err(StoreError::VersionConflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            if let Some(mine) = inserted.take_if(|mine| *mine != renewal.consent_id) {
+                self.drop_orphan(user, &mine).await;
+            }
+            if renewal.state.is_final() {
+                // A failed renewal, now recorded: the next round starts the next one.
+                continue;
+            }
+            if renewal.state == ConsentState::Valid {
+                // Authorised already (the user followed the link "renew now" answered): the
+                // renewed consent is superseded, and there is nothing left to announce.
+                self.supersede(user, &old.consent_id).await;
+                return Ok(RenewalProgress::Ready {
+                    renewal: Box::new(renewal),
+                    started,
+                    progressed,
+                });
+            }
+
+            // Steps 3 and 4: one lease holder creates the consent at the bank.
+            let renewal = if renewal.bank_consent_id.is_some() {
+                renewal
+            } else {
+                let ip = psu_ip
+                    .or(renewal.psu_ip)
+                    .or(old.psu_ip)
+                    .unwrap_or(FALLBACK_RENEWAL_PSU_IP);
+                match self.renewal_at_bank(renewal, ip).await? {
+                    AtBank::Created(renewal) => {
+                        progressed = true;
+                        *renewal
+                    }
+                    AtBank::Busy => return Ok(RenewalProgress::Busy { started }),
+                    AtBank::Ended => continue,
+                }
+            };
+
+            // Steps 5 and 6: notify, then take the consent out of the index. Read it again
+            // first: a connection revoked meanwhile is not announced (revoking it ended its
+            // renewal too).
+            let Some(old) = self.consents.get(user, old_id).await? else {
+                return Ok(RenewalProgress::NotRenewable);
+            };
+            if old.state != ConsentState::Valid {
+                return Ok(RenewalProgress::NotRenewable);
+            }
+            if old.renewed_by.as_ref() != Some(&renewal.consent_id) {
+                continue;
+            }
+            if !old.renewal_notified {
+                progressed |= self.notify_renewal(&old, &renewal).await?;
+                progressed |= self.mark_renewal_notified(old, &renewal.consent_id).await?;
+            }
+            return Ok(RenewalProgress::Ready {
+                renewal: Box::new(renewal),
+                started,
+                progressed,
+            });
+        }
+        Err(ServiceError::Conflict(
+            "the connection kept changing while its renewal was prepared; try again".into(),
+        ))
+    }
+
+    /// The renewal record of `old` (step 1): same user, bank, access and frequency; valid
+    /// for the bank's longest period (at most [`MAX_VALID_DAYS`]) from today.
+    fn renewal_record(
+        &self,
+        old: &ConsentRecord,
+        id: &ConsentId,
+        psu_ip: Option<IpAddr>,
+    ) -> Result<ConsentRecord, ServiceError> {
+        let bank = self
+            .registry
+            .get(&old.bank_id)
+            .filter(|_| self.banks.contains_key(&old.bank_id))
+            .ok_or_else(no_longer_supported)?;
+        let now = self.clock.now();
+        let days = bank.max_consent_days.min(MAX_VALID_DAYS);
+        Ok(ConsentRecord {
+            user_id: old.user_id.clone(),
+            consent_id: id.clone(),
+            bank_id: old.bank_id.clone(),
+            bank_consent_id: None,
+            state: ConsentState::PendingAuthorization,
+            access: old.access.clone(),
+            valid_until: now.date_naive() + Days::new(u64::from(days)),
+            frequency_per_day: old.frequency_per_day,
+            recurring: old.recurring,
+            renewal_of: Some(old.consent_id.clone()),
+            renewed_by: None,
+            renewal_notified: false,
+            lease_until: None,
+            psu_ip: psu_ip.or(old.psu_ip),
+            sca_url: None,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        })
+    }
+
+    /// Steps 3 and 4: takes the lease on a renewal without a bank consent (a versioned
+    /// write; a live lease or a lost race means another runner is on it), creates the
+    /// consent at the bank and records it. A bank failure releases the lease so the next
+    /// run (or the user's retry) can try again at once.
+    async fn renewal_at_bank(
+        &self,
+        renewal: ConsentRecord,
+        psu_ip: IpAddr,
+    ) -> Result<AtBank, ServiceError> {
+        let now = self.clock.now();
+        if renewal.lease_until.is_some_and(|until| until > now) {
+            return Ok(AtBank::Busy);
+        }
+        let connector = self
+            .banks
+            .get(&renewal.bank_id)
+            .cloned()
+            .ok_or_else(no_longer_supported)?;
+        let mut leased = renewal;
+        leased.lease_until = Some(now + Duration::seconds(RENEWAL_LEASE_SECS));
+        leased.updated_at = now;
+        let leased = match self.consents.update(&leased).await {
+            Ok(saved) => saved,
+            Err(StoreError::VersionConflict { .. }) => return Ok(AtBank::Busy),
+            Err(e) => return Err(e.into()),
+        };
+
+        let request = self.consent_request(
+            &leased,
+            psu_ip,
+            now + Duration::days(RENEWAL_STATE_TTL_DAYS),
+            None,
+        );
+        let created = match connector.create_consent(&request).await {
+            Ok(created) => created,
+            Err(e) => {
+                warn!(consent_id = %leased.consent_id, bank_id = %leased.bank_id, code = e.code(),
+                    "the bank refused to create a renewal consent");
+                self.release_lease(leased).await;
+                return Err(e.into());
+            }
+        };
+        let Some(sca) = created.sca else {
+            warn!(consent_id = %leased.consent_id, bank_id = %leased.bank_id,
+                "the bank returned no SCA redirect link; deleting its consent");
+            best_effort_delete(connector.as_ref(), &leased, &created.consent_id).await;
+            self.release_lease(leased).await;
+            return Err(BankError::Protocol("the consent has no SCA redirect link".into()).into());
+        };
+
+        // Only a crash from here until the write below leaves the bank's consent unknown
+        // to us (an orphan that expires unused; see the module notes of `renewal`).
+        let mut current = leased;
+        for _ in 0..RENEWAL_ROUNDS {
+            let mut recorded = current.clone();
+            recorded.bank_consent_id = Some(created.consent_id.clone());
+            recorded.sca_url = Some(sca.href().to_string());
+            recorded.lease_until = None;
+            recorded.updated_at = self.clock.now();
+            let error = match self.consents.update(&recorded).await {
+                Ok(saved) => {
+                    info!(consent_id = %saved.consent_id, bank_id = %saved.bank_id,
+                        "renewal consent created at the bank");
+                    return Ok(AtBank::Created(Box::new(saved)));
+                }
+                Err(StoreError::VersionConflict { .. }) => {
+                    match self
+                        .consents
+                        .get(&current.user_id, &current.consent_id)
+                        .await
+                    {
+                        // Still ours to record (an unrelated write): again on the fresh one.
+                        Ok(Some(fresh))
+                            if !fresh.state.is_final() && fresh.bank_consent_id.is_none() =>
+                        {
+                            current = fresh;
+                            continue;
+                        }
+                        // A runner that took over after our lease ran out recorded its
+                        // consent first: that one stays, ours goes.
+                        Ok(Some(fresh)) if !fresh.state.is_final() => {
+                            best_effort_delete(connector.as_ref(), &fresh, &created.consent_id)
+                                .await;
+                            return Ok(AtBank::Created(Box::new(fresh)));
+                        }
+                        // Ended meanwhile (its connection was revoked).
+                        Ok(_) => {
+                            best_effort_delete(connector.as_ref(), &current, &created.consent_id)
+                                .await;
+                            return Ok(AtBank::Ended);
+                        }
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            error!(consent_id = %current.consent_id, bank_id = %current.bank_id, error = %error,
+                "could not record the bank's renewal consent; deleting it at the bank");
+            best_effort_delete(connector.as_ref(), &current, &created.consent_id).await;
+            return Err(error.into());
+        }
+        best_effort_delete(connector.as_ref(), &current, &created.consent_id).await;
+        Err(ServiceError::Conflict(
+            "the renewal kept changing while it was recorded; try again".into(),
+        ))
+    }
+
+    /// Gives a lease up early (after a bank failure); failures are logged (it runs out).
+    async fn release_lease(&self, mut leased: ConsentRecord) {
+        leased.lease_until = None;
+        leased.updated_at = self.clock.now();
+        if let Err(e) = self.consents.update(&leased).await {
+            warn!(consent_id = %leased.consent_id, error = %e, "could not release a renewal lease");
+        }
+    }
+
+    /// Step 5: the user's `consent.renewal_required` notification, once per renewal.
+    async fn notify_renewal(
+        &self,
+        old: &ConsentRecord,
+        renewal: &ConsentRecord,
+    ) -> Result<bool, StoreError> {
+        self.notify_checked(
+            old,
+            format!("consent:{}:renewal:{}", old.consent_id, renewal.consent_id),
+            "consent.renewal_required",
+            "Renew your bank connection",
+            format!(
+                "Your connection to {} is valid until {}. Authorise its renewal at your bank \
+                 to keep your accounts up to date.",
+                self.bank_name(&old.bank_id),
+                old.valid_until
+            ),
+            json!({
+                "connectionId": old.consent_id,
+                "newConnectionId": renewal.consent_id,
+                "bankId": old.bank_id,
+                "authUrl": renewal.sca_url,
+                "validUntil": old.valid_until,
+            }),
+        )
+        .await
+    }
+
+    /// Step 6: the renewed consent is marked notified (and so leaves the renewal index).
+    /// `true` when this call wrote it.
+    async fn mark_renewal_notified(
+        &self,
+        mut old: ConsentRecord,
+        renewal_id: &ConsentId,
+    ) -> Result<bool, ServiceError> {
+        for _ in 0..RENEWAL_ROUNDS {
+            if old.state != ConsentState::Valid
+                || old.renewed_by.as_ref() != Some(renewal_id)
+                || old.renewal_notified
+            {
+                return Ok(false);
+            }
+            let mut updated = old.clone();
+            updated.renewal_notified = true;
+            updated.updated_at = self.clock.now();
+            match self.consents.update(&updated).await {
+                Ok(_) => return Ok(true),
+                Err(StoreError::VersionConflict { .. }) => {
+                    match self.consents.get(&old.user_id, &old.consent_id).await? {
+                        Some(fresh) => old = fresh,
+                        None => return Ok(false),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict(
+            "the connection kept changing while its renewal was recorded; try again".into(),
+        ))
+    }
+
+    /// Terminates a renewal record this call inserted but that the renewed consent does not
+    /// point at (it never reached a bank); failures are logged.
+    async fn drop_orphan(&self, user: &UserId, id: &ConsentId) {
+        match self.consents.get(user, id).await {
+            Ok(Some(orphan)) if orphan.bank_consent_id.is_none() && !orphan.state.is_final() => {
+                info!(consent_id = %id, "dropping a renewal record that lost to another renewal");
+                self.abandon(orphan).await;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(consent_id = %id, error = %e, "could not load a renewal record"),
         }
     }
 
@@ -780,29 +1163,8 @@ impl Connections {
         redirect_url: Option<Url>,
     ) -> Result<ConsentRecord, ServiceError> {
         let now = self.clock.now();
-        let state = ScaState::new(
-            StateSubject::Consent {
-                user: record.user_id.clone(),
-                consent: record.consent_id.clone(),
-            },
-            now + self.config.state_ttl,
-            redirect_url,
-        );
-        let token = self.signer.sign(&state);
-        let mut ok = self.config.callback_url.clone();
-        ok.query_pairs_mut().append_pair("state", &token);
-        let mut nok = ok.clone();
-        nok.query_pairs_mut().append_pair("outcome", "nok");
-        let request = ConsentRequest {
-            access: record.access.clone(),
-            recurring: record.recurring,
-            valid_until: record.valid_until,
-            frequency_per_day: record.frequency_per_day,
-            psu_ip,
-            psu_id: None,
-            redirect: RedirectUris { ok, nok: Some(nok) },
-        };
-
+        let request =
+            self.consent_request(&record, psu_ip, now + self.config.state_ttl, redirect_url);
         let created = match connector.create_consent(&request).await {
             Ok(created) => created,
             Err(e) => {
@@ -839,23 +1201,45 @@ impl Connections {
         }
     }
 
+    /// The bank request creating `record`'s consent: our callback as TPP redirect, with a
+    /// signed `state` naming the record (valid until `state_expires`).
+    fn consent_request(
+        &self,
+        record: &ConsentRecord,
+        psu_ip: IpAddr,
+        state_expires: DateTime<Utc>,
+        redirect_url: Option<Url>,
+    ) -> ConsentRequest {
+        let state = ScaState::new(
+            StateSubject::Consent {
+                user: record.user_id.clone(),
+                consent: record.consent_id.clone(),
+            },
+            state_expires,
+            redirect_url,
+        );
+        let token = self.signer.sign(&state);
+        let mut ok = self.config.callback_url.clone();
+        ok.query_pairs_mut().append_pair("state", &token);
+        let mut nok = ok.clone();
+        nok.query_pairs_mut().append_pair("outcome", "nok");
+        ConsentRequest {
+            access: record.access.clone(),
+            recurring: record.recurring,
+            valid_until: record.valid_until,
+            frequency_per_day: record.frequency_per_day,
+            psu_ip,
+            psu_id: None,
+            redirect: RedirectUris { ok, nok: Some(nok) },
+        }
+    }
+
     /// Marks a record that never became usable `terminated_by_tpp`; failures are logged.
     async fn abandon(&self, record: ConsentRecord) {
         let id = record.consent_id.clone();
         if let Err(e) = self.transition(record, ConsentEvent::TerminatedByTpp).await {
             error!(consent_id = %id, error = log_text(&e), "could not mark an abandoned consent");
         }
-    }
-
-    /// Drops a renewal that lost its race (or whose old consent went away): deleted at the
-    /// bank and terminated here, both best effort.
-    async fn discard(&self, record: ConsentRecord) {
-        if let (Some(bank_consent), Some(connector)) =
-            (&record.bank_consent_id, self.banks.get(&record.bank_id))
-        {
-            best_effort_delete(connector.as_ref(), &record, bank_consent).await;
-        }
-        self.abandon(record).await;
     }
 
     /// Deletes at the bank (when there is a bank consent) and terminates here. `Ok` without
@@ -1024,57 +1408,6 @@ impl Connections {
         }
     }
 
-    /// Records `renewal` as the renewal of `old` with a versioned write. On a lost race the
-    /// fresh record decides: another live renewal wins; otherwise one more try.
-    async fn claim_renewal(
-        &self,
-        mut old: ConsentRecord,
-        renewal: &ConsentRecord,
-    ) -> Result<Claim, ServiceError> {
-        let mut retried = false;
-        loop {
-            if old.state != ConsentState::Valid {
-                return Ok(Claim::Gone);
-            }
-            if old.renewed_by.as_ref() == Some(&renewal.consent_id) {
-                return Ok(Claim::Won);
-            }
-            if let Some(winner) = self.live_renewal(&old).await? {
-                return Ok(Claim::Lost(Box::new(winner)));
-            }
-            let mut updated = old.clone();
-            updated.renewed_by = Some(renewal.consent_id.clone());
-            updated.updated_at = self.clock.now();
-            match self.consents.update(&updated).await {
-                Ok(_) => return Ok(Claim::Won),
-                Err(StoreError::VersionConflict { .. }) if !retried => {
-                    retried = true;
-                    match self.consents.get(&old.user_id, &old.consent_id).await? {
-                        Some(fresh) => old = fresh,
-                        None => return Ok(Claim::Gone),
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// The renewal recorded on `old`, if it is still alive (waiting or valid). A renewal
-    /// that failed (rejected, expired, terminated) does not block a new one.
-    async fn live_renewal(
-        &self,
-        old: &ConsentRecord,
-    ) -> Result<Option<ConsentRecord>, ServiceError> {
-        let Some(id) = &old.renewed_by else {
-            return Ok(None);
-        };
-        Ok(self
-            .consents
-            .get(&old.user_id, id)
-            .await?
-            .filter(|renewal| !renewal.state.is_final()))
-    }
-
     /// Stores one inbox notification (once per event id); failures are logged.
     async fn notify(
         &self,
@@ -1085,6 +1418,25 @@ impl Connections {
         message: String,
         data: Value,
     ) {
+        if let Err(e) = self
+            .notify_checked(record, event_id, kind, title, message, data)
+            .await
+        {
+            error!(consent_id = %record.consent_id, kind, error = %e,
+                "could not store a notification");
+        }
+    }
+
+    /// Stores one inbox notification once per event id; `true` when it was new.
+    async fn notify_checked(
+        &self,
+        record: &ConsentRecord,
+        event_id: String,
+        kind: &str,
+        title: &str,
+        message: String,
+        data: Value,
+    ) -> Result<bool, StoreError> {
         let notification = Notification {
             user_id: record.user_id.clone(),
             notification_id: NotificationId::new(),
@@ -1095,12 +1447,11 @@ impl Connections {
             data,
             created_at: self.clock.now(),
         };
-        match self.notifications.put(&notification).await {
-            Ok(true) => info!(consent_id = %record.consent_id, kind, "user notified"),
-            Ok(false) => {}
-            Err(e) => error!(consent_id = %record.consent_id, kind, error = %e,
-                "could not store a notification"),
+        let stored = self.notifications.put(&notification).await?;
+        if stored {
+            info!(consent_id = %record.consent_id, kind, "user notified");
         }
+        Ok(stored)
     }
 
     /// The caller's record, or `NotFound` (malformed id, unknown id, another user's id).
@@ -1126,7 +1477,7 @@ fn present<'a>(body: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
 
 /// What a log line says about a failure: the bank's error code only (bank messages are
 /// free text we do not control), our own errors in full.
-fn log_text(error: &ServiceError) -> String {
+pub(crate) fn log_text(error: &ServiceError) -> String {
     match error {
         ServiceError::Bank(e) => format!("bank error {}", e.code()),
         other => other.to_string(),
@@ -1135,6 +1486,17 @@ fn log_text(error: &ServiceError) -> String {
 
 fn not_renewable() -> ServiceError {
     ServiceError::Conflict("only a valid connection can be renewed".into())
+}
+
+fn no_longer_supported() -> ServiceError {
+    ServiceError::Conflict("this bank is no longer supported".into())
+}
+
+/// The id of the renewal that follows `previous`: the renewed consent for the first
+/// renewal, the failed renewal for the next one (see [`RENEWAL_ID_NAMESPACE`]).
+pub fn renewal_id_after(previous: &ConsentId) -> ConsentId {
+    let id = Uuid::new_v5(&RENEWAL_ID_NAMESPACE, previous.as_str().as_bytes());
+    ConsentId::parse(&id.hyphenated().to_string()).expect("a UUID is a valid consent id")
 }
 
 fn try_again_page() -> CallbackOutcome {
@@ -1269,453 +1631,9 @@ pub async fn connections_from_env(sdk: &aws_config::SdkConfig) -> Result<Connect
 mod tests {
     use super::*;
     use std::collections::HashSet;
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
-    use async_trait::async_trait;
-    use chrono::TimeZone;
-
-    use crate::bank::{
-        Account, Balance, ConsentCreated, ConsentDetails, PaymentInitiated, PaymentInitiation,
-        PaymentProduct, PsuContext, ScaLink, Transaction, TransactionQuery,
-    };
-    use crate::domain::{
-        AccountId, BankConsentId, BankPaymentId, ConsentStatus, TransactionStatus,
-    };
-
-    // ---- doubles ---------------------------------------------------------------------
-
-    type Items = HashMap<(UserId, ConsentId), ConsentRecord>;
-    type Hook = Box<dyn FnOnce(&mut Items) + Send>;
-
-    /// A consent store honouring versions, with a hook that runs just before the next
-    /// update of one consent (to simulate a concurrent writer).
-    #[derive(Default)]
-    struct MemConsents {
-        items: Mutex<Items>,
-        hook: Mutex<Option<(ConsentId, Hook)>>,
-    }
-
-    impl MemConsents {
-        fn all(&self) -> Vec<ConsentRecord> {
-            let mut all: Vec<_> = self.items.lock().unwrap().values().cloned().collect();
-            all.sort_by(|a, b| a.consent_id.cmp(&b.consent_id));
-            all
-        }
-
-        fn one(&self, id: &ConsentId) -> ConsentRecord {
-            self.all()
-                .into_iter()
-                .find(|r| &r.consent_id == id)
-                .expect("stored")
-        }
-
-        fn before_update_of(&self, id: &ConsentId, hook: impl FnOnce(&mut Items) + Send + 'static) {
-            *self.hook.lock().unwrap() = Some((id.clone(), Box::new(hook)));
-        }
-    }
-
-    #[async_trait]
-    impl ConsentStore for MemConsents {
-        async fn insert(&self, consent: &ConsentRecord) -> Result<(), StoreError> {
-            assert_eq!(consent.version, 0);
-            let mut items = self.items.lock().unwrap();
-            let key = (consent.user_id.clone(), consent.consent_id.clone());
-            if items.contains_key(&key) {
-                return Err(StoreError::AlreadyExists);
-            }
-            items.insert(key, consent.clone());
-            Ok(())
-        }
-
-        async fn get(
-            &self,
-            user: &UserId,
-            id: &ConsentId,
-        ) -> Result<Option<ConsentRecord>, StoreError> {
-            Ok(self
-                .items
-                .lock()
-                .unwrap()
-                .get(&(user.clone(), id.clone()))
-                .cloned())
-        }
-
-        async fn list_for_user(&self, user: &UserId) -> Result<Vec<ConsentRecord>, StoreError> {
-            Ok(self
-                .items
-                .lock()
-                .unwrap()
-                .values()
-                .filter(|r| &r.user_id == user)
-                .cloned()
-                .collect())
-        }
-
-        async fn update(&self, consent: &ConsentRecord) -> Result<ConsentRecord, StoreError> {
-            let hook = {
-                let mut slot = self.hook.lock().unwrap();
-                match slot.take() {
-                    Some((id, hook)) if id == consent.consent_id => Some(hook),
-                    other => {
-                        *slot = other;
-                        None
-                    }
-                }
-            };
-            let mut items = self.items.lock().unwrap();
-            if let Some(hook) = hook {
-                hook(&mut items);
-            }
-            let key = (consent.user_id.clone(), consent.consent_id.clone());
-            let stored = items.get(&key).ok_or(StoreError::NotFound)?;
-            if stored.version != consent.version {
-                return Err(StoreError::VersionConflict {
-                    expected: consent.version,
-                });
-            }
-            let mut written = consent.clone();
-            written.version += 1;
-            items.insert(key, written.clone());
-            Ok(written)
-        }
-
-        async fn awaiting_renewal_on(
-            &self,
-            day: NaiveDate,
-        ) -> Result<Vec<ConsentRecord>, StoreError> {
-            Ok(self
-                .all()
-                .into_iter()
-                .filter(|r| r.valid_until == day && r.awaits_renewal())
-                .collect())
-        }
-    }
-
-    #[derive(Default)]
-    struct MemNonces(Mutex<HashSet<String>>);
-
-    #[async_trait]
-    impl NonceStore for MemNonces {
-        async fn consume(&self, nonce: &str, _: DateTime<Utc>) -> Result<bool, StoreError> {
-            Ok(self.0.lock().unwrap().insert(nonce.to_owned()))
-        }
-    }
-
-    #[derive(Default)]
-    struct MemNotifications(Mutex<Vec<Notification>>);
-
-    impl MemNotifications {
-        fn all(&self) -> Vec<Notification> {
-            self.0.lock().unwrap().clone()
-        }
-    }
-
-    #[async_trait]
-    impl NotificationStore for MemNotifications {
-        async fn put(&self, notification: &Notification) -> Result<bool, StoreError> {
-            let mut all = self.0.lock().unwrap();
-            if all
-                .iter()
-                .any(|n| n.user_id == notification.user_id && n.event_id == notification.event_id)
-            {
-                return Ok(false);
-            }
-            all.push(notification.clone());
-            Ok(true)
-        }
-
-        async fn list(&self, user: &UserId, limit: usize) -> Result<Vec<Notification>, StoreError> {
-            Ok(self
-                .all()
-                .into_iter()
-                .rev()
-                .filter(|n| &n.user_id == user)
-                .take(limit)
-                .collect())
-        }
-    }
-
-    #[derive(Clone, Debug)]
-    enum Call {
-        Create(Box<ConsentRequest>),
-        Status(BankConsentId),
-        Delete(BankConsentId),
-    }
-
-    /// A bank that records calls and answers as scripted.
-    struct FakeBank {
-        id: BankId,
-        calls: Mutex<Vec<Call>>,
-        created: AtomicU32,
-        create_error: Mutex<Option<BankError>>,
-        status: Mutex<Result<ConsentStatus, BankError>>,
-        delete_result: Mutex<Result<(), BankError>>,
-    }
-
-    impl FakeBank {
-        fn new(id: &str) -> Self {
-            Self {
-                id: BankId::parse(id).unwrap(),
-                calls: Mutex::default(),
-                created: AtomicU32::new(0),
-                create_error: Mutex::new(None),
-                status: Mutex::new(Ok(ConsentStatus::Received)),
-                delete_result: Mutex::new(Ok(())),
-            }
-        }
-
-        fn calls(&self) -> Vec<Call> {
-            self.calls.lock().unwrap().clone()
-        }
-
-        fn creates(&self) -> Vec<ConsentRequest> {
-            self.calls()
-                .into_iter()
-                .filter_map(|c| match c {
-                    Call::Create(r) => Some(*r),
-                    _ => None,
-                })
-                .collect()
-        }
-
-        fn deletes(&self) -> Vec<BankConsentId> {
-            self.calls()
-                .into_iter()
-                .filter_map(|c| match c {
-                    Call::Delete(id) => Some(id),
-                    _ => None,
-                })
-                .collect()
-        }
-
-        fn status_calls(&self) -> usize {
-            self.status_ids().len()
-        }
-
-        fn status_ids(&self) -> Vec<BankConsentId> {
-            self.calls()
-                .into_iter()
-                .filter_map(|c| match c {
-                    Call::Status(id) => Some(id),
-                    _ => None,
-                })
-                .collect()
-        }
-
-        fn answer_status(&self, status: Result<ConsentStatus, BankError>) {
-            *self.status.lock().unwrap() = status;
-        }
-    }
-
-    fn unused() -> BankError {
-        BankError::Config("not used in these tests".into())
-    }
-
-    #[async_trait]
-    impl BankApi for FakeBank {
-        fn bank_id(&self) -> &BankId {
-            &self.id
-        }
-
-        async fn create_consent(
-            &self,
-            request: &ConsentRequest,
-        ) -> Result<ConsentCreated, BankError> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(Call::Create(Box::new(request.clone())));
-            if let Some(error) = self.create_error.lock().unwrap().clone() {
-                return Err(error);
-            }
-            let n = self.created.fetch_add(1, Ordering::SeqCst) + 1;
-            Ok(ConsentCreated {
-                consent_id: BankConsentId::parse(&format!("{}-bc-{n}", self.id)).unwrap(),
-                status: ConsentStatus::Received,
-                sca: Some(ScaLink::Redirect(
-                    Url::parse(&format!("https://{}.bank.example/sca/{n}", self.id)).unwrap(),
-                )),
-            })
-        }
-
-        async fn get_consent(&self, _: &BankConsentId) -> Result<ConsentDetails, BankError> {
-            Err(unused())
-        }
-
-        async fn consent_status(
-            &self,
-            consent: &BankConsentId,
-        ) -> Result<ConsentStatus, BankError> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(Call::Status(consent.clone()));
-            self.status.lock().unwrap().clone()
-        }
-
-        async fn delete_consent(&self, consent: &BankConsentId) -> Result<(), BankError> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(Call::Delete(consent.clone()));
-            self.delete_result.lock().unwrap().clone()
-        }
-
-        async fn accounts(
-            &self,
-            _: &BankConsentId,
-            _: &PsuContext,
-        ) -> Result<Vec<Account>, BankError> {
-            Err(unused())
-        }
-
-        async fn balances(
-            &self,
-            _: &BankConsentId,
-            _: &AccountId,
-            _: &PsuContext,
-        ) -> Result<Vec<Balance>, BankError> {
-            Err(unused())
-        }
-
-        async fn transactions(
-            &self,
-            _: &BankConsentId,
-            _: &AccountId,
-            _: &TransactionQuery,
-            _: &PsuContext,
-        ) -> Result<Vec<Transaction>, BankError> {
-            Err(unused())
-        }
-
-        async fn initiate_payment(
-            &self,
-            _: &PaymentInitiation,
-        ) -> Result<PaymentInitiated, BankError> {
-            Err(unused())
-        }
-
-        async fn payment_status(
-            &self,
-            _: PaymentProduct,
-            _: &BankPaymentId,
-        ) -> Result<TransactionStatus, BankError> {
-            Err(unused())
-        }
-    }
-
-    struct FixedClock(Mutex<DateTime<Utc>>);
-
-    impl FixedClock {
-        fn advance(&self, by: Duration) {
-            *self.0.lock().unwrap() += by;
-        }
-    }
-
-    impl Clock for FixedClock {
-        fn now(&self) -> DateTime<Utc> {
-            *self.0.lock().unwrap()
-        }
-    }
-
-    // ---- harness ---------------------------------------------------------------------
-
-    const REGISTRY: &str = r#"{"banks":[
-        {"id":"lt-alpha","name":"Alpha Bank","country":"LT","baseUrl":"http://127.0.0.1:8080/lt-alpha",
-         "paymentProducts":["sepa-credit-transfers"],"maxConsentDays":90,"frequencyPerDay":4},
-        {"id":"lv-beta","name":"Beta Bank","country":"LV","baseUrl":"http://127.0.0.1:8080/lv-beta",
-         "paymentProducts":["sepa-credit-transfers"],"maxConsentDays":180,"frequencyPerDay":2},
-        {"id":"ee-gamma","name":"Gamma Bank","country":"EE","baseUrl":"http://127.0.0.1:8080/ee-gamma",
-         "paymentProducts":["sepa-credit-transfers"]}]}"#;
-
-    const SECRET: &[u8] = b"test secret, at least thirty-two bytes long";
-
-    struct Harness {
-        svc: Connections,
-        consents: Arc<MemConsents>,
-        nonces: Arc<MemNonces>,
-        notes: Arc<MemNotifications>,
-        alpha: Arc<FakeBank>,
-        beta: Arc<FakeBank>,
-        clock: Arc<FixedClock>,
-    }
-
-    fn start() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2025, 3, 10, 9, 30, 0).unwrap()
-    }
-
-    fn config() -> ConnectionsConfig {
-        ConnectionsConfig::from_lookup(|name| match name {
-            "REDIRECT_ALLOW_LIST" => Some("https://app.example, http://127.0.0.1:3000".into()),
-            _ => None,
-        })
-        .unwrap()
-    }
-
-    fn harness() -> Harness {
-        let consents = Arc::new(MemConsents::default());
-        let nonces = Arc::new(MemNonces::default());
-        let notes = Arc::new(MemNotifications::default());
-        let alpha = Arc::new(FakeBank::new("lt-alpha"));
-        let beta = Arc::new(FakeBank::new("lv-beta"));
-        let clock = Arc::new(FixedClock(Mutex::new(start())));
-        let mut banks: HashMap<BankId, Arc<dyn BankApi>> = HashMap::new();
-        banks.insert(alpha.id.clone(), alpha.clone());
-        banks.insert(beta.id.clone(), beta.clone());
-        let svc = Connections::new(ConnectionsDeps {
-            consents: consents.clone(),
-            nonces: nonces.clone(),
-            notifications: notes.clone(),
-            banks,
-            registry: BankRegistry::from_json_with(REGISTRY, |_| None).unwrap(),
-            signer: StateSigner::new(SECRET).unwrap(),
-            config: config(),
-            clock: clock.clone(),
-        });
-        Harness {
-            svc,
-            consents,
-            nonces,
-            notes,
-            alpha,
-            beta,
-            clock,
-        }
-    }
-
-    fn alice() -> UserId {
-        UserId::parse("auth0|alice").unwrap()
-    }
-
-    fn bob() -> UserId {
-        UserId::parse("auth0|bob").unwrap()
-    }
-
-    fn ip() -> IpAddr {
-        "203.0.113.7".parse().unwrap()
-    }
-
-    fn query_of(url: &Url) -> HashMap<String, String> {
-        url.query_pairs().into_owned().collect()
-    }
-
-    /// The query the bank sends the browser back with, from the last consent creation.
-    fn ok_query(bank: &FakeBank) -> HashMap<String, String> {
-        query_of(&bank.creates().last().unwrap().redirect.ok)
-    }
-
-    fn nok_query(bank: &FakeBank) -> HashMap<String, String> {
-        query_of(
-            bank.creates()
-                .last()
-                .unwrap()
-                .redirect
-                .nok
-                .as_ref()
-                .unwrap(),
-        )
-    }
+    use crate::domain::{BankConsentId, ConsentStatus};
+    use crate::services::testing::*;
 
     fn fields(error: ServiceError) -> Vec<(String, String)> {
         match error {
@@ -2597,6 +2515,7 @@ mod tests {
             .renew_now(&alice(), old_id.as_str(), ip())
             .await
             .unwrap();
+        assert_eq!(renewal.connection_id, renewal_id_after(&old_id));
         assert_ne!(renewal.connection_id, old_id);
         assert_eq!(renewal.status, ConsentState::PendingAuthorization);
         assert_eq!(
@@ -2615,8 +2534,25 @@ mod tests {
         let stored_old = h.consents.one(&old_id);
         assert_eq!(stored_old.renewed_by.as_ref(), Some(&renewal.connection_id));
         assert_eq!(stored_old.state, ConsentState::Valid);
+        assert!(stored_old.renewal_notified);
+        assert!(
+            !stored_old.renewal_outstanding(),
+            "out of the renewal index"
+        );
         let stored_new = h.consents.one(&renewal.connection_id);
         assert_eq!(stored_new.renewal_of.as_ref(), Some(&old_id));
+        assert_eq!(stored_new.psu_ip, Some(ip()));
+        assert_eq!(
+            stored_new.lease_until, None,
+            "the lease ends with the bank's answer"
+        );
+        assert_eq!(
+            stored_new
+                .bank_consent_id
+                .as_ref()
+                .map(BankConsentId::as_str),
+            Some("lt-alpha-bc-2")
+        );
         let notes: Vec<_> = h
             .notes
             .all()
@@ -2629,8 +2565,14 @@ mod tests {
             format!("consent:{old_id}:renewal:{}", renewal.connection_id)
         );
         assert_eq!(
-            notes[0].data["authUrl"],
-            "https://lt-alpha.bank.example/sca/2"
+            notes[0].data,
+            json!({
+                "connectionId": old_id,
+                "newConnectionId": renewal.connection_id,
+                "bankId": "lt-alpha",
+                "authUrl": "https://lt-alpha.bank.example/sca/2",
+                "validUntil": stored_old.valid_until,
+            })
         );
 
         // Again: the same renewal, no new consent at the bank, no new notification.
@@ -2701,10 +2643,12 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(second.connection_id, first.connection_id);
-        assert_eq!(
-            h.consents.one(&old.connection_id).renewed_by.as_ref(),
-            Some(&second.connection_id)
-        );
+        assert_eq!(second.connection_id, renewal_id_after(&first.connection_id));
+        let stored_old = h.consents.one(&old.connection_id);
+        assert_eq!(stored_old.renewed_by.as_ref(), Some(&second.connection_id));
+        assert!(stored_old.renewal_notified);
+        assert_eq!(h.alpha.creates().len(), 3);
+        assert_eq!(h.notes.of_kind("consent.renewal_required").len(), 2);
     }
 
     #[tokio::test]
@@ -2713,7 +2657,8 @@ mod tests {
         let old = h.valid_connection().await;
         let old_id = old.connection_id.clone();
 
-        // Another Lambda records its renewal between our read and our write.
+        // A writer predating derived renewal ids (a Lambda of the previous release, during
+        // a deployment) records its renewal between our read and our write.
         let winner = ConsentRecord {
             consent_id: ConsentId::new(),
             state: ConsentState::PendingAuthorization,
@@ -2747,26 +2692,21 @@ mod tests {
             Some(&winner_id)
         );
 
-        // Ours was created at the bank, then deleted there and terminated here.
-        let ours: Vec<_> = h
-            .consents
-            .all()
-            .into_iter()
-            .filter(|r| r.renewal_of.as_ref() == Some(&old_id) && r.consent_id != winner_id)
-            .collect();
-        assert_eq!(ours.len(), 1);
-        assert_eq!(ours[0].state, ConsentState::TerminatedByTpp);
+        // Ours (claimed first, under the derived id) never reached the bank: it is
+        // terminated here, and the winner is carried on and announced once.
+        let ours = h.consents.one(&renewal_id_after(&old_id));
+        assert_eq!(ours.renewal_of.as_ref(), Some(&old_id));
+        assert_eq!(ours.state, ConsentState::TerminatedByTpp);
+        assert_eq!(ours.bank_consent_id, None);
+        assert_eq!(h.alpha.creates().len(), 1, "only the original connect");
+        assert!(h.alpha.deletes().is_empty());
+        let notes = h.notes.of_kind("consent.renewal_required");
+        assert_eq!(notes.len(), 1);
         assert_eq!(
-            h.alpha.deletes(),
-            [ours[0].bank_consent_id.clone().unwrap()]
+            notes[0].event_id,
+            format!("consent:{old_id}:renewal:{winner_id}")
         );
-        assert!(
-            h.notes
-                .all()
-                .iter()
-                .all(|n| n.kind != "consent.renewal_required"),
-            "the winner notifies, not the loser"
-        );
+        assert!(h.consents.one(&old_id).renewal_notified);
     }
 
     #[tokio::test]

@@ -2,11 +2,15 @@
 //! same in a Lambda, in the local runtime and in unit tests with in-memory doubles.
 //!
 //! - [`connections`]: link a bank, the SCA callback, list/get, revoke, renew now.
+//! - [`renewal`]: the daily renewal job (exactly one renewal per due consent).
 //!
 //! Every service fails with a [`ServiceError`]; [`ServiceError::into_problem`] turns it into
 //! the RFC 9457 answer of the public API without leaking internals.
 
 pub mod connections;
+pub mod renewal;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use chrono::{DateTime, Utc};
 

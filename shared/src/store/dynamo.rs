@@ -207,7 +207,7 @@ impl DynamoConsentStore {
         let mut item = to_item(record)?;
         item.insert("pk".into(), s(user_pk(&record.user_id)));
         item.insert("sk".into(), s(Self::sk(&record.consent_id)));
-        if record.awaits_renewal() {
+        if record.renewal_outstanding() {
             item.insert(
                 "gsi1pk".into(),
                 s(Self::renewal_bucket(
@@ -276,7 +276,7 @@ impl ConsentStore for DynamoConsentStore {
                 for item in page.items.unwrap_or_default() {
                     let record: ConsentRecord = from_item(item)?;
                     // Index reads are eventually consistent: re-check the condition.
-                    if record.awaits_renewal() && record.valid_until == day {
+                    if record.renewal_outstanding() && record.valid_until == day {
                         out.push(record);
                     }
                 }

@@ -6,6 +6,8 @@
 
 pub mod dynamo;
 
+use std::net::IpAddr;
+
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -57,6 +59,20 @@ pub struct ConsentRecord {
     pub renewal_of: Option<ConsentId>,
     /// The consent created to renew this one.
     pub renewed_by: Option<ConsentId>,
+    /// Whether the user has been notified of the renewal in `renewed_by` (the last step of
+    /// a renewal). Until then the consent stays in the renewal index, so a run that crashed
+    /// halfway is resumed by the next one. Reset when a new renewal replaces a failed one.
+    #[serde(default)]
+    pub renewal_notified: bool,
+    /// On a renewal still waiting for its consent at the bank: until when one runner holds
+    /// the exclusive right to create that consent (see `services::renewal`).
+    #[serde(default)]
+    pub lease_until: Option<DateTime<Utc>>,
+    /// The PSU's IP address when the consent was requested (`PSU-IP-Address`), sent again
+    /// when the renewal job asks the bank for this consent's renewal without the PSU.
+    /// Absent on items written before it existed.
+    #[serde(default)]
+    pub psu_ip: Option<IpAddr>,
     /// The bank's SCA link (`scaRedirect` / `scaOAuth`), kept so the app can show it again
     /// while the consent waits for authorisation. Absent on items written before it existed.
     #[serde(default)]
@@ -68,10 +84,11 @@ pub struct ConsentRecord {
 }
 
 impl ConsentRecord {
-    /// Whether the renewal job must look at this consent: it is valid and nobody has
-    /// started renewing it yet. Only such consents are in the `ByValidUntil` index.
-    pub fn awaits_renewal(&self) -> bool {
-        self.state == ConsentState::Valid && self.renewed_by.is_none()
+    /// Whether the renewal job must look at this consent: it is valid and its renewal has
+    /// not been carried through to the user's notification yet (not started, or started by
+    /// a run that crashed halfway). Only such consents are in the `ByValidUntil` index.
+    pub fn renewal_outstanding(&self) -> bool {
+        self.state == ConsentState::Valid && !self.renewal_notified
     }
 }
 
@@ -123,7 +140,8 @@ pub trait ConsentStore: Send + Sync {
     /// Replaces the stored version `consent.version` with `consent` at `version + 1` and
     /// returns what was written; `VersionConflict` if the stored version differs.
     async fn update(&self, consent: &ConsentRecord) -> Result<ConsentRecord, StoreError>;
-    /// Valid, not yet renewed consents whose `validUntil` is `day` (an index query).
+    /// Consents whose `validUntil` is `day` and whose renewal is outstanding
+    /// ([`ConsentRecord::renewal_outstanding`]); an index query.
     async fn awaiting_renewal_on(&self, day: NaiveDate) -> Result<Vec<ConsentRecord>, StoreError>;
 }
 
