@@ -10,7 +10,7 @@ use shared::domain::{
 };
 use shared::store::{
     ConsentRecord, ConsentStore, DynamoConsentStore, DynamoPaymentStore, PaymentRecord,
-    PaymentStore, StatusEntry, StoreError,
+    PaymentStore, StatusEntry, StoreError, health_hour,
 };
 
 fn consent(user: &UserId, bank: &str, valid_until: NaiveDate) -> ConsentRecord {
@@ -156,8 +156,11 @@ async fn futures_join<T: Send + 'static>(
     out
 }
 
-/// Whether the stored item carries the renewal index key (the index is sparse).
-async fn indexed(local: &LocalStack, record: &ConsentRecord) -> bool {
+/// Which index keys the stored item carries (both indexes are sparse): (`gsi1pk`, `gsi2pk`).
+async fn index_keys(
+    local: &LocalStack,
+    record: &ConsentRecord,
+) -> (Option<String>, Option<String>) {
     let item = local
         .dynamodb()
         .get_item()
@@ -176,17 +179,33 @@ async fn indexed(local: &LocalStack, record: &ConsentRecord) -> bool {
         .unwrap()
         .item
         .expect("stored");
-    item.contains_key("gsi1pk")
+    let key = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    (key("gsi1pk"), key("gsi2pk"))
+}
+
+/// Whether the stored item is in both indexes (`true`) or in neither (`false`).
+async fn indexed(local: &LocalStack, record: &ConsentRecord) -> bool {
+    match index_keys(local, record).await {
+        (Some(_), Some(health)) => {
+            assert!(
+                health.starts_with(&format!("HEALTH#{:02}#", health_hour(&record.consent_id))),
+                "{health}"
+            );
+            true
+        }
+        (None, None) => false,
+        other => panic!("in one index only: {other:?}"),
+    }
 }
 
 #[tokio::test]
-async fn renewal_index_holds_only_valid_unrenewed_consents_of_the_day() {
+async fn valid_until_index_holds_exactly_the_valid_consents_of_the_day() {
     let local = LocalStack::provision().await;
     let store = DynamoConsentStore::new(local.dynamodb(), local.resources.table("ConsentsTable"));
     let day = NaiveDate::from_ymd_opt(2027, 3, 1).unwrap();
     let user = UserId::parse("dave").unwrap();
 
-    let mut due_records = Vec::new();
+    let mut valid_records = Vec::new();
     for i in 0..20 {
         let mut c = consent(
             &UserId::parse(&format!("user-{i}")).unwrap(),
@@ -195,30 +214,34 @@ async fn renewal_index_holds_only_valid_unrenewed_consents_of_the_day() {
         );
         c.state = ConsentState::Valid;
         store.insert(&c).await.unwrap();
-        due_records.push(c);
+        valid_records.push(c);
     }
-    due_records.sort_by(|a, b| a.consent_id.cmp(&b.consent_id));
-    let due: Vec<ConsentId> = due_records.iter().map(|c| c.consent_id.clone()).collect();
+    valid_records.sort_by(|a, b| a.consent_id.cmp(&b.consent_id));
     let pending = consent(&user, "lt-alpha", day); // not valid yet: not indexed
     store.insert(&pending).await.unwrap();
     let mut other_day = consent(&user, "lt-alpha", day + Days::new(1));
     other_day.state = ConsentState::Valid;
     store.insert(&other_day).await.unwrap();
-    let mut notified = consent(&user, "ee-pohja", day); // renewal finished: not indexed
+    // Renewal finished: still valid, so still indexed (the health job must expire it).
+    let mut notified = consent(&user, "ee-pohja", day);
     notified.state = ConsentState::Valid;
     notified.renewed_by = Some(ConsentId::new());
     notified.renewal_notified = true;
     store.insert(&notified).await.unwrap();
-    let mut renewed = consent(&user, "lv-baltija", day);
-    renewed.state = ConsentState::Valid;
-    store.insert(&renewed).await.unwrap();
+    let mut expired = consent(&user, "lv-baltija", day);
+    expired.state = ConsentState::Expired;
+    store.insert(&expired).await.unwrap();
     assert!(!indexed(&local, &pending).await);
-    assert!(!indexed(&local, &notified).await);
-    assert!(indexed(&local, &renewed).await);
+    assert!(!indexed(&local, &expired).await);
+    assert!(indexed(&local, &notified).await);
+    assert!(indexed(&local, &other_day).await);
+    valid_records.push(notified.clone());
+    valid_records.sort_by(|a, b| a.consent_id.cmp(&b.consent_id));
+    let valid: Vec<ConsentId> = valid_records.iter().map(|c| c.consent_id.clone()).collect();
 
     let found = |store: DynamoConsentStore| async move {
         let mut found: Vec<_> = store
-            .awaiting_renewal_on(day)
+            .valid_until_on(day)
             .await
             .unwrap()
             .into_iter()
@@ -227,30 +250,49 @@ async fn renewal_index_holds_only_valid_unrenewed_consents_of_the_day() {
         found.sort();
         found
     };
-    let mut with_renewed = due.clone();
-    with_renewed.push(renewed.consent_id.clone());
-    with_renewed.sort();
-    assert_eq!(found(store.clone()).await, with_renewed);
+    assert_eq!(found(store.clone()).await, valid);
 
-    // A started renewal keeps the consent in the index (a crashed run is resumed) ...
-    renewed.renewed_by = Some(ConsentId::new());
-    let renewed = store.update(&renewed).await.unwrap();
-    assert!(indexed(&local, &renewed).await);
-    assert_eq!(found(store.clone()).await, with_renewed);
+    // Any write keeps a valid consent in the index, with its current attributes ...
+    let mut renewing = valid_records[1].clone();
+    renewing.renewed_by = Some(ConsentId::new());
+    let renewing = store.update(&renewing).await.unwrap();
+    assert!(indexed(&local, &renewing).await);
+    let listed = store.valid_until_on(day).await.unwrap();
+    assert!(
+        listed.contains(&renewing),
+        "the index projects every attribute"
+    );
+    assert_eq!(found(store.clone()).await, valid);
 
-    // ... until its user has been notified: then the consent leaves the index.
-    let mut done = renewed.clone();
-    done.renewal_notified = true;
-    let done = store.update(&done).await.unwrap();
-    assert!(!indexed(&local, &done).await);
-    assert_eq!(found(store.clone()).await, due);
-
-    // Leaving `valid` takes a consent out as well.
-    let mut superseded = due_records[0].clone();
+    // ... and leaving `valid` takes it out of both indexes.
+    let mut superseded = valid_records[0].clone();
     superseded.state = ConsentState::Superseded;
     let superseded = store.update(&superseded).await.unwrap();
     assert!(!indexed(&local, &superseded).await);
-    assert_eq!(found(store.clone()).await, due[1..].to_vec());
+    assert_eq!(found(store.clone()).await, valid[1..].to_vec());
+
+    // The health index: every valid consent in its hour's bucket, over all shards.
+    let mut by_hour = std::collections::BTreeMap::<u32, Vec<ConsentId>>::new();
+    for c in valid_records[1..].iter().chain([&other_day]) {
+        by_hour
+            .entry(health_hour(&c.consent_id))
+            .or_default()
+            .push(c.consent_id.clone());
+    }
+    for hour in 0..24 {
+        let mut found: Vec<ConsentId> = store
+            .valid_for_health_hour(hour)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.user_id == user || c.user_id.as_str().starts_with("user-"))
+            .map(|c| c.consent_id)
+            .collect();
+        found.sort();
+        let mut expected = by_hour.remove(&hour).unwrap_or_default();
+        expected.sort();
+        assert_eq!(found, expected, "hour {hour}");
+    }
 
     local.teardown().await;
 }

@@ -75,8 +75,13 @@ async fn check(
     ensure!(provisioned.table("PaymentsTable") == format!("{stack}-payments"));
     ensure!(provisioned.table("NotificationsTable") == format!("{stack}-notifications"));
 
-    check_table(sdk, provisioned.table("ConsentsTable"), "ByValidUntil").await?;
-    check_table(sdk, provisioned.table("PaymentsTable"), "ByGsi1").await?;
+    check_table(sdk, provisioned.table("ConsentsTable"), CONSENT_INDEXES).await?;
+    check_table(
+        sdk,
+        provisioned.table("PaymentsTable"),
+        &[("ByGsi1", "gsi1pk", "gsi1sk")],
+    )
+    .await?;
 
     check_source_queue(sdk, provisioned, "PaymentStatusQueue", "PaymentStatusDLQ").await?;
     check_source_queue(sdk, provisioned, "BulkPaymentQueue", "BulkPaymentDLQ").await?;
@@ -91,12 +96,22 @@ async fn check(
         &again == provisioned,
         "re-provision differs:\n{again:#?}\nvs\n{provisioned:#?}"
     );
-    check_table(sdk, again.table("ConsentsTable"), "ByValidUntil").await?;
+    check_table(sdk, again.table("ConsentsTable"), CONSENT_INDEXES).await?;
     check_source_queue(sdk, &again, "PaymentStatusQueue", "PaymentStatusDLQ").await?;
     Ok(())
 }
 
-async fn check_table(sdk: &SdkConfig, name: &str, gsi_name: &str) -> anyhow::Result<()> {
+/// The consents table's indexes: name, hash key, range key.
+const CONSENT_INDEXES: &[(&str, &str, &str)] = &[
+    ("ByValidUntil", "gsi1pk", "gsi1sk"),
+    ("ByHealthHour", "gsi2pk", "gsi2sk"),
+];
+
+async fn check_table(
+    sdk: &SdkConfig,
+    name: &str,
+    indexes: &[(&str, &str, &str)],
+) -> anyhow::Result<()> {
     let client = aws_sdk_dynamodb::Client::new(sdk);
     let described = client
         .describe_table()
@@ -123,7 +138,8 @@ async fn check_table(sdk: &SdkConfig, name: &str, gsi_name: &str) -> anyhow::Res
         .iter()
         .map(|a| (a.attribute_name(), a.attribute_type().clone()))
         .collect();
-    for attribute in ["pk", "sk", "gsi1pk", "gsi1sk"] {
+    let index_keys = indexes.iter().flat_map(|(_, hash, range)| [*hash, *range]);
+    for attribute in ["pk", "sk"].into_iter().chain(index_keys) {
         ensure!(
             attributes.get(attribute) == Some(&ScalarAttributeType::S),
             "{name}: attribute {attribute} is not S: {attributes:?}"
@@ -137,27 +153,27 @@ async fn check_table(sdk: &SdkConfig, name: &str, gsi_name: &str) -> anyhow::Res
     );
 
     let gsis = table.global_secondary_indexes();
-    ensure!(gsis.len() == 1, "{name}: GSIs {gsis:?}");
-    let gsi = &gsis[0];
-    ensure!(
-        gsi.index_name() == Some(gsi_name),
-        "{name}: GSI {:?}",
-        gsi.index_name()
-    );
-    let gsi_keys: Vec<_> = gsi
-        .key_schema()
-        .iter()
-        .map(|k| (k.attribute_name(), k.key_type().clone()))
-        .collect();
-    ensure!(
-        gsi_keys == [("gsi1pk", KeyType::Hash), ("gsi1sk", KeyType::Range)],
-        "{name}: GSI key schema {gsi_keys:?}"
-    );
-    let projection = gsi.projection().and_then(|p| p.projection_type());
-    ensure!(
-        projection == Some(&ProjectionType::All),
-        "{name}: GSI projection {projection:?}"
-    );
+    ensure!(gsis.len() == indexes.len(), "{name}: GSIs {gsis:?}");
+    for (gsi_name, hash, range) in indexes {
+        let gsi = gsis
+            .iter()
+            .find(|g| g.index_name() == Some(*gsi_name))
+            .ok_or_else(|| anyhow!("{name}: no GSI {gsi_name}: {gsis:?}"))?;
+        let gsi_keys: Vec<_> = gsi
+            .key_schema()
+            .iter()
+            .map(|k| (k.attribute_name(), k.key_type().clone()))
+            .collect();
+        ensure!(
+            gsi_keys == [(*hash, KeyType::Hash), (*range, KeyType::Range)],
+            "{name}: GSI {gsi_name} key schema {gsi_keys:?}"
+        );
+        let projection = gsi.projection().and_then(|p| p.projection_type());
+        ensure!(
+            projection == Some(&ProjectionType::All),
+            "{name}: GSI {gsi_name} projection {projection:?}"
+        );
+    }
 
     let ttl = client
         .describe_time_to_live()

@@ -379,11 +379,29 @@ async fn admin_schedules(State(state): State<AdminState>) -> impl IntoResponse {
     Json(list)
 }
 
+/// `POST /__local/schedules/{name}/fire`: runs a schedule now. An optional JSON body is
+/// the scheduled event's `detail` (default `{}`), e.g. `{"allHours": true}`.
 async fn admin_fire(
     State(state): State<AdminState>,
     UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
 ) -> impl IntoResponse {
-    match state.scheduler.fire(&name).await {
+    let detail = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(detail) => Some(detail),
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(
+                        serde_json::json!({"error": format!("the body must be JSON (the event's detail): {e}")}),
+                    ),
+                );
+            }
+        }
+    };
+    match state.scheduler.fire_with_detail(&name, detail).await {
         Ok(result) => (
             StatusCode::OK,
             Json(serde_json::json!({"schedule": name, "result": result})),

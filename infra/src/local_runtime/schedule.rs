@@ -501,7 +501,7 @@ impl Scheduler {
             }
             let this = self.clone();
             tokio::spawn(async move {
-                let _ = this.invoke_entry(index, at, false).await;
+                let _ = this.invoke_entry(index, at, false, None).await;
             });
             let mut following = entry.expr.next_after(at);
             let mut skipped = 0u64;
@@ -522,12 +522,23 @@ impl Scheduler {
     /// Fires a schedule now (virtual time), whether enabled or not, and waits for the
     /// function. An unknown name is [`InvokeError::UnknownFunction`] with that name.
     pub async fn fire(&self, name: &str) -> Result<Value, InvokeError> {
+        self.fire_with_detail(name, None).await
+    }
+
+    /// As [`Scheduler::fire`], with `detail` (when given) as the scheduled event's
+    /// `detail` instead of `{}` (an operator's manual run with options, e.g.
+    /// `{"allHours": true}`). A schedule with a fixed `Input` gets its input unchanged.
+    pub async fn fire_with_detail(
+        &self,
+        name: &str,
+        detail: Option<Value>,
+    ) -> Result<Value, InvokeError> {
         let index = self
             .entries
             .iter()
             .position(|entry| entry.spec.name == name)
             .ok_or_else(|| InvokeError::UnknownFunction(name.to_owned()))?;
-        self.invoke_entry(index, self.now(), true).await
+        self.invoke_entry(index, self.now(), true, detail).await
     }
 
     async fn invoke_entry(
@@ -535,13 +546,17 @@ impl Scheduler {
         index: usize,
         at: DateTime<Utc>,
         manual: bool,
+        detail: Option<Value>,
     ) -> Result<Value, InvokeError> {
         let spec = &self.entries[index].spec;
         let time = at.to_rfc3339_opts(SecondsFormat::Secs, true);
-        let event = spec
-            .input
-            .clone()
-            .unwrap_or_else(|| scheduled_event(&spec.name, &self.region, at));
+        let event = spec.input.clone().unwrap_or_else(|| {
+            let mut event = scheduled_event(&spec.name, &self.region, at);
+            if let Some(detail) = detail {
+                event["detail"] = detail;
+            }
+            event
+        });
         tracing::info!(
             schedule = %spec.name,
             function = %spec.function,
@@ -863,13 +878,19 @@ mod tests {
             json!({ "ok": true })
         );
         scheduler.fire("Custom").await.unwrap();
+        scheduler
+            .fire_with_detail("Nightly", Some(json!({ "allHours": true })))
+            .await
+            .unwrap();
         assert_eq!(
             scheduler.fire("Nope").await.unwrap_err(),
             InvokeError::UnknownFunction("Nope".into())
         );
 
         let calls = recorder.0.lock().unwrap().clone();
-        assert_eq!(calls.len(), 2);
+        assert_eq!(calls.len(), 3);
+        assert_eq!(calls[2].1["detail"], json!({ "allHours": true }));
+        assert_eq!(calls[2].1["detail-type"], "Scheduled Event");
         let (function, event) = &calls[0];
         assert_eq!(function, "NightlyFunction");
         assert_eq!(event["detail-type"], "Scheduled Event");

@@ -41,7 +41,9 @@ use super::{Clock, ServiceError};
 use crate::bank::registry::{BankConfig, BankRegistry};
 use crate::bank::{BankApi, BankError, ConsentAccess, ConsentRequest, RedirectUris};
 use crate::domain::error::echo;
-use crate::domain::{BankId, ConsentEvent, ConsentId, ConsentState, NotificationId, UserId};
+use crate::domain::{
+    BankId, ConsentEvent, ConsentId, ConsentState, ConsentStatus, NotificationId, UserId,
+};
 use crate::http::FieldError;
 use crate::sca_state::{ScaState, StateError, StateSigner, StateSubject};
 use crate::store::{
@@ -661,6 +663,42 @@ impl Connections {
         self.consents.as_ref()
     }
 
+    // ---- health (the hourly job in `super::health`) -------------------------------------
+
+    /// The bank's status of a consent (one `GET /v1/consents/{id}/status`, without the
+    /// PSU); `None` when it has no bank consent or its bank has no connector any more.
+    pub(crate) async fn bank_status(
+        &self,
+        record: &ConsentRecord,
+    ) -> Result<Option<ConsentStatus>, ServiceError> {
+        let Some(bank_consent) = &record.bank_consent_id else {
+            return Ok(None);
+        };
+        let Some(connector) = self.banks.get(&record.bank_id) else {
+            warn!(consent_id = %record.consent_id, bank_id = %record.bank_id,
+                "no connector for this bank");
+            return Ok(None);
+        };
+        Ok(Some(connector.consent_status(bank_consent).await?))
+    }
+
+    /// Applies `event` (versioned write; a lost race re-reads and decides again) and, when
+    /// the state changed, notifies the user exactly as the SCA callback does (event id
+    /// `consent:<id>:<state>`, stored once). `true` when this call changed the state.
+    pub(crate) async fn apply_event(
+        &self,
+        record: ConsentRecord,
+        event: ConsentEvent,
+    ) -> Result<(ConsentRecord, bool), ServiceError> {
+        let (saved, changed) = self.transition(record, event).await?;
+        if changed {
+            info!(consent_id = %saved.consent_id, bank_id = %saved.bank_id, state = %saved.state,
+                event = %event, "consent state changed");
+            self.after_change(&saved).await;
+        }
+        Ok((saved, changed))
+    }
+
     /// Carries the renewal of `user`'s consent `old_id` as far as it goes: claim, lease,
     /// consent at the bank, notification (steps 1 to 6 of [`super::renewal`]). Safe to run
     /// any number of times, concurrently, and after a crash at any point: it continues what
@@ -672,6 +710,37 @@ impl Connections {
         old_id: &ConsentId,
         psu_ip: Option<IpAddr>,
     ) -> Result<RenewalProgress, ServiceError> {
+        self.carry_renewal_of(user, old_id, psu_ip, ConsentState::Valid)
+            .await
+    }
+
+    /// The renewal of a consent that has already expired (the health job, when a valid
+    /// consent lapsed before it was renewed): a fresh consent at the same bank for the
+    /// same user, stored as a new connection with `renewalOf` = the expired one, created at
+    /// the bank as a renewal is (our callback, a signed single-use `state`, the PSU IP
+    /// recorded with the consent) and announced once (`consent.renewal_required`, event id
+    /// `consent:<old>:renewal:<new>`). The same steps, ids and guarantees as
+    /// [`Self::carry_renewal`]: however many runs overlap or crash, one renewal. Only
+    /// consents in state `expired` qualify (a revoked, rejected or removed one is not
+    /// renewed behind the user's back).
+    pub(crate) async fn renew_lapsed(
+        &self,
+        user: &UserId,
+        old_id: &ConsentId,
+    ) -> Result<RenewalProgress, ServiceError> {
+        self.carry_renewal_of(user, old_id, None, ConsentState::Expired)
+            .await
+    }
+
+    /// [`Self::carry_renewal`] for a consent in state `expected` (`valid`, or `expired`
+    /// for [`Self::renew_lapsed`]).
+    async fn carry_renewal_of(
+        &self,
+        user: &UserId,
+        old_id: &ConsentId,
+        psu_ip: Option<IpAddr>,
+        expected: ConsentState,
+    ) -> Result<RenewalProgress, ServiceError> {
         let mut started = false;
         let mut progressed = false;
         // The record this call inserted: dropped if the consent turns out to be renewed by
@@ -681,7 +750,7 @@ impl Connections {
             let Some(old) = self.consents.get(user, old_id).await? else {
                 return Ok(RenewalProgress::NotRenewable);
             };
-            if old.state != ConsentState::Valid {
+            if old.state != expected {
                 return Ok(RenewalProgress::NotRenewable);
             }
             // Which renewal: the one recorded on the consent, unless that one failed; then
@@ -752,8 +821,15 @@ impl Connections {
             }
             if renewal.state == ConsentState::Valid {
                 // Authorised already (the user followed the link "renew now" answered): the
-                // renewed consent is superseded, and there is nothing left to announce.
-                self.supersede(user, &old.consent_id).await;
+                // renewed consent is superseded, and there is nothing left to announce. An
+                // expired one cannot be superseded: it is marked done instead.
+                if expected == ConsentState::Valid {
+                    self.supersede(user, &old.consent_id).await;
+                } else {
+                    progressed |= self
+                        .mark_renewal_notified(old, &renewal.consent_id, expected)
+                        .await?;
+                }
                 return Ok(RenewalProgress::Ready {
                     renewal: Box::new(renewal),
                     started,
@@ -785,7 +861,7 @@ impl Connections {
             let Some(old) = self.consents.get(user, old_id).await? else {
                 return Ok(RenewalProgress::NotRenewable);
             };
-            if old.state != ConsentState::Valid {
+            if old.state != expected {
                 return Ok(RenewalProgress::NotRenewable);
             }
             if old.renewed_by.as_ref() != Some(&renewal.consent_id) {
@@ -793,7 +869,9 @@ impl Connections {
             }
             if !old.renewal_notified {
                 progressed |= self.notify_renewal(&old, &renewal).await?;
-                progressed |= self.mark_renewal_notified(old, &renewal.consent_id).await?;
+                progressed |= self
+                    .mark_renewal_notified(old, &renewal.consent_id, expected)
+                    .await?;
             }
             return Ok(RenewalProgress::Ready {
                 renewal: Box::new(renewal),
@@ -970,12 +1048,20 @@ impl Connections {
             format!("consent:{}:renewal:{}", old.consent_id, renewal.consent_id),
             "consent.renewal_required",
             "Renew your bank connection",
-            format!(
-                "Your connection to {} is valid until {}. Authorise its renewal at your bank \
-                 to keep your accounts up to date.",
-                self.bank_name(&old.bank_id),
-                old.valid_until
-            ),
+            if old.state == ConsentState::Valid {
+                format!(
+                    "Your connection to {} is valid until {}. Authorise its renewal at your \
+                     bank to keep your accounts up to date.",
+                    self.bank_name(&old.bank_id),
+                    old.valid_until
+                )
+            } else {
+                format!(
+                    "Your connection to {} has expired. Authorise its renewal at your bank \
+                     to keep your accounts up to date.",
+                    self.bank_name(&old.bank_id)
+                )
+            },
             json!({
                 "connectionId": old.consent_id,
                 "newConnectionId": renewal.consent_id,
@@ -993,9 +1079,10 @@ impl Connections {
         &self,
         mut old: ConsentRecord,
         renewal_id: &ConsentId,
+        expected: ConsentState,
     ) -> Result<bool, ServiceError> {
         for _ in 0..RENEWAL_ROUNDS {
-            if old.state != ConsentState::Valid
+            if old.state != expected
                 || old.renewed_by.as_ref() != Some(renewal_id)
                 || old.renewal_notified
             {

@@ -5,8 +5,10 @@
 //! superseded ([`Connections::sca_callback`]).
 //!
 //! Due consents are found through the sparse, sharded `ByValidUntil` index, one Query per
-//! shard and day (no Scan): it holds exactly the consents that are `valid` and whose
-//! renewal is not finished (`renewalNotified` unset), see docs/data-model.md.
+//! shard and day (no Scan): it holds every `valid` consent (the health job needs them all
+//! to expire them), and the job keeps those whose renewal is not finished
+//! (`renewalNotified` unset, [`ConsentRecord::renewal_outstanding`]), see
+//! docs/data-model.md.
 //!
 //! # Exactly one renewal, even when runs overlap or crash
 //!
@@ -171,13 +173,13 @@ impl Renewals {
             let Some(day) = today.checked_add_days(Days::new(u64::from(offset))) else {
                 break;
             };
-            let due = match self
-                .connections
-                .consent_store()
-                .awaiting_renewal_on(day)
-                .await
-            {
-                Ok(due) => due,
+            let due = match self.connections.consent_store().valid_until_on(day).await {
+                // The index holds every valid consent of the day; only those whose renewal
+                // is not finished are due (the routine re-checks each anyway).
+                Ok(valid) => valid
+                    .into_iter()
+                    .filter(ConsentRecord::renewal_outstanding)
+                    .collect::<Vec<_>>(),
                 Err(e) => {
                     error!(day = %day, error = %e, "could not read the consents due for renewal");
                     report.failed += 1;

@@ -21,12 +21,13 @@ use crate::bank::{
     TransactionQuery,
 };
 use crate::domain::{
-    AccountId, BankConsentId, BankId, BankPaymentId, ConsentId, ConsentStatus, TransactionStatus,
-    UserId,
+    AccountId, BankConsentId, BankId, BankPaymentId, ConsentId, ConsentState, ConsentStatus,
+    TransactionStatus, UserId,
 };
 use crate::sca_state::StateSigner;
 use crate::store::{
     ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore, StoreError,
+    health_hour,
 };
 
 // ---- doubles ---------------------------------------------------------------------
@@ -190,7 +191,7 @@ impl ConsentStore for MemConsents {
         Ok(written)
     }
 
-    async fn awaiting_renewal_on(&self, day: NaiveDate) -> Result<Vec<ConsentRecord>, StoreError> {
+    async fn valid_until_on(&self, day: NaiveDate) -> Result<Vec<ConsentRecord>, StoreError> {
         tokio::task::yield_now().await;
         {
             let mut failing = self.failing_queries.lock().unwrap();
@@ -202,7 +203,16 @@ impl ConsentStore for MemConsents {
         Ok(self
             .all()
             .into_iter()
-            .filter(|r| r.valid_until == day && r.renewal_outstanding())
+            .filter(|r| r.valid_until == day && r.state == ConsentState::Valid)
+            .collect())
+    }
+
+    async fn valid_for_health_hour(&self, hour: u32) -> Result<Vec<ConsentRecord>, StoreError> {
+        tokio::task::yield_now().await;
+        Ok(self
+            .all()
+            .into_iter()
+            .filter(|r| health_hour(&r.consent_id) == hour && r.state == ConsentState::Valid)
             .collect())
     }
 }

@@ -1,7 +1,7 @@
 //! DynamoDB adapters for the stores (aws-sdk-dynamodb + serde_dynamo).
 //!
 //! Items carry the record's own attributes plus the generic keys `pk`/`sk` (and
-//! `gsi1pk`/`gsi1sk` where an index needs them); see docs/data-model.md.
+//! `gsi1pk`/`gsi1sk`, `gsi2pk`/`gsi2sk` where an index needs them); see docs/data-model.md.
 
 use std::collections::HashMap;
 
@@ -15,17 +15,21 @@ use serde::de::DeserializeOwned;
 
 use super::{
     ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore, PaymentRecord,
-    PaymentStore, StoreError,
+    PaymentStore, StoreError, health_hour, index_shard,
 };
-use crate::domain::{ConsentId, PaymentId, UserId};
+use crate::domain::{ConsentId, ConsentState, PaymentId, UserId};
 
 type Item = HashMap<String, AttributeValue>;
 
-/// Number of partitions the renewal index spreads one day over, so that a popular
-/// expiry day is not one hot partition.
-pub const RENEWAL_INDEX_SHARDS: u32 = 8;
-/// Name of the consents table's sparse renewal index (from template.yaml).
+/// Number of partitions the consent indexes spread one day (one hour) over, so that a
+/// popular expiry day is not one hot partition.
+pub const RENEWAL_INDEX_SHARDS: u32 = super::CONSENT_INDEX_SHARDS;
+/// Name of the consents table's sparse index of valid consents by `validUntil` day (from
+/// template.yaml), read by the renewal and health jobs.
 pub const RENEWAL_INDEX: &str = "ByValidUntil";
+/// Name of the consents table's sparse index of valid consents by health hour (from
+/// template.yaml), read by the health job.
+pub const HEALTH_INDEX: &str = "ByHealthHour";
 
 fn user_pk(user: &UserId) -> String {
     format!("USER#{}", user.as_str())
@@ -190,34 +194,81 @@ impl DynamoConsentStore {
         format!("CONSENT#{}", id.as_str())
     }
 
-    /// The renewal index partition of a day: `VALID#2026-11-21#3`.
+    /// The `ByValidUntil` partition of a day: `VALID#2026-11-21#3`.
     pub fn renewal_bucket(day: NaiveDate, shard: u32) -> String {
         format!("VALID#{}#{shard}", day.format("%Y-%m-%d"))
     }
 
-    /// FNV-1a over the id's bytes: stable across processes, releases and Rust versions.
-    fn shard_of(id: &ConsentId) -> u32 {
-        let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        (hash % u64::from(RENEWAL_INDEX_SHARDS)) as u32
+    /// The `ByHealthHour` partition of an hour: `HEALTH#07#3`.
+    pub fn health_bucket(hour: u32, shard: u32) -> String {
+        format!("HEALTH#{hour:02}#{shard}")
     }
 
+    /// FNV-1a over the id's bytes: stable across processes, releases and Rust versions.
+    fn shard_of(id: &ConsentId) -> u32 {
+        index_shard(id)
+    }
+
+    /// The item of a record: its attributes, the table keys and, while it is valid, the
+    /// keys of both sparse indexes (a write that ends `valid` removes it from both).
     fn item(record: &ConsentRecord) -> Result<Item, StoreError> {
         let mut item = to_item(record)?;
         item.insert("pk".into(), s(user_pk(&record.user_id)));
         item.insert("sk".into(), s(Self::sk(&record.consent_id)));
-        if record.renewal_outstanding() {
+        if record.state == ConsentState::Valid {
+            let shard = Self::shard_of(&record.consent_id);
             item.insert(
                 "gsi1pk".into(),
-                s(Self::renewal_bucket(
-                    record.valid_until,
-                    Self::shard_of(&record.consent_id),
-                )),
+                s(Self::renewal_bucket(record.valid_until, shard)),
             );
             item.insert("gsi1sk".into(), s(Self::sk(&record.consent_id)));
+            item.insert(
+                "gsi2pk".into(),
+                s(Self::health_bucket(health_hour(&record.consent_id), shard)),
+            );
+            item.insert("gsi2sk".into(), s(Self::sk(&record.consent_id)));
         }
         Ok(item)
+    }
+
+    /// Every item of one index partition per shard, every page, that is still `valid` and
+    /// passes `keep` (index reads are eventually consistent: the condition is re-checked).
+    async fn query_index(
+        &self,
+        index: &str,
+        key: &str,
+        bucket: impl Fn(u32) -> String,
+        keep: impl Fn(&ConsentRecord) -> bool,
+    ) -> Result<Vec<ConsentRecord>, StoreError> {
+        let mut out = Vec::new();
+        for shard in 0..RENEWAL_INDEX_SHARDS {
+            let mut start: Option<Item> = None;
+            loop {
+                let page = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(index)
+                    .key_condition_expression("#k = :bucket")
+                    .expression_attribute_names("#k", key)
+                    .expression_attribute_values(":bucket", s(bucket(shard)))
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                for item in page.items.unwrap_or_default() {
+                    let record: ConsentRecord = from_item(item)?;
+                    if record.state == ConsentState::Valid && keep(&record) {
+                        out.push(record);
+                    }
+                }
+                match page.last_evaluated_key {
+                    Some(key) if !key.is_empty() => start = Some(key),
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -257,36 +308,24 @@ impl ConsentStore for DynamoConsentStore {
         Ok(next)
     }
 
-    async fn awaiting_renewal_on(&self, day: NaiveDate) -> Result<Vec<ConsentRecord>, StoreError> {
-        let mut out = Vec::new();
-        for shard in 0..RENEWAL_INDEX_SHARDS {
-            let mut start: Option<Item> = None;
-            loop {
-                let page = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(RENEWAL_INDEX)
-                    .key_condition_expression("gsi1pk = :bucket")
-                    .expression_attribute_values(":bucket", s(Self::renewal_bucket(day, shard)))
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(backend)?;
-                for item in page.items.unwrap_or_default() {
-                    let record: ConsentRecord = from_item(item)?;
-                    // Index reads are eventually consistent: re-check the condition.
-                    if record.renewal_outstanding() && record.valid_until == day {
-                        out.push(record);
-                    }
-                }
-                match page.last_evaluated_key {
-                    Some(key) if !key.is_empty() => start = Some(key),
-                    _ => break,
-                }
-            }
-        }
-        Ok(out)
+    async fn valid_until_on(&self, day: NaiveDate) -> Result<Vec<ConsentRecord>, StoreError> {
+        self.query_index(
+            RENEWAL_INDEX,
+            "gsi1pk",
+            |shard| Self::renewal_bucket(day, shard),
+            |record| record.valid_until == day,
+        )
+        .await
+    }
+
+    async fn valid_for_health_hour(&self, hour: u32) -> Result<Vec<ConsentRecord>, StoreError> {
+        self.query_index(
+            HEALTH_INDEX,
+            "gsi2pk",
+            |shard| Self::health_bucket(hour, shard),
+            |record| health_hour(&record.consent_id) == hour,
+        )
+        .await
     }
 }
 
@@ -547,5 +586,63 @@ mod tests {
             DynamoConsentStore::renewal_bucket(day, 3),
             "VALID#2026-11-21#3"
         );
+        assert_eq!(DynamoConsentStore::health_bucket(7, 3), "HEALTH#07#3");
+    }
+
+    #[test]
+    fn health_hours_are_stable_and_spread() {
+        let mut counts = [0u32; 24];
+        for _ in 0..2400 {
+            let id = ConsentId::new();
+            let hour = health_hour(&id);
+            assert_eq!(hour, health_hour(&id));
+            counts[hour as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 40), "uneven hours: {counts:?}");
+        let fixed = ConsentId::parse("3f2b8c1e-6a4d-4e8b-9c1f-2a3b4c5d6e7f").unwrap();
+        // Pinned: a consent's health hour must never change between releases.
+        assert_eq!(health_hour(&fixed), PINNED_HOUR);
+    }
+
+    const PINNED_HOUR: u32 = 20;
+
+    #[test]
+    fn only_valid_consents_carry_index_keys() {
+        use crate::bank::ConsentAccess;
+        use crate::domain::{BankId, UserId};
+        let now = chrono::Utc::now();
+        let mut record = ConsentRecord {
+            user_id: UserId::parse("alice").unwrap(),
+            consent_id: ConsentId::parse("3f2b8c1e-6a4d-4e8b-9c1f-2a3b4c5d6e7f").unwrap(),
+            bank_id: BankId::parse("lt-alpha").unwrap(),
+            bank_consent_id: None,
+            state: ConsentState::Valid,
+            access: ConsentAccess::AllAccounts,
+            valid_until: NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(),
+            frequency_per_day: 4,
+            recurring: true,
+            renewal_of: None,
+            renewed_by: None,
+            renewal_notified: true,
+            lease_until: None,
+            psu_ip: None,
+            sca_url: None,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        };
+        let item = DynamoConsentStore::item(&record).unwrap();
+        let key = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+        assert_eq!(key("gsi1pk").as_deref(), Some("VALID#2026-11-21#4"));
+        assert_eq!(key("gsi2pk"), Some(format!("HEALTH#{PINNED_HOUR:02}#4")));
+        assert_eq!(
+            key("gsi2sk").as_deref(),
+            Some("CONSENT#3f2b8c1e-6a4d-4e8b-9c1f-2a3b4c5d6e7f")
+        );
+        record.state = ConsentState::Expired;
+        let item = DynamoConsentStore::item(&record).unwrap();
+        for k in ["gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk"] {
+            assert!(!item.contains_key(k), "{k}");
+        }
     }
 }

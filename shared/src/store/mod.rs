@@ -86,10 +86,34 @@ pub struct ConsentRecord {
 impl ConsentRecord {
     /// Whether the renewal job must look at this consent: it is valid and its renewal has
     /// not been carried through to the user's notification yet (not started, or started by
-    /// a run that crashed halfway). Only such consents are in the `ByValidUntil` index.
+    /// a run that crashed halfway). The renewal job keeps only these of the valid consents
+    /// it reads from the `ByValidUntil` index.
     pub fn renewal_outstanding(&self) -> bool {
         self.state == ConsentState::Valid && !self.renewal_notified
     }
+}
+
+/// Number of partitions one day of the `ByValidUntil` index (and one hour of the
+/// `ByHealthHour` index) is spread over, so that a popular day is not one hot partition.
+pub const CONSENT_INDEX_SHARDS: u32 = 8;
+
+/// FNV-1a (64 bit) over the consent id's bytes: stable across processes, releases and Rust
+/// versions, so an id's shard and health hour never move.
+fn fnv1a(id: &ConsentId) -> u64 {
+    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The index shard of a consent (`0..CONSENT_INDEX_SHARDS`).
+pub fn index_shard(id: &ConsentId) -> u32 {
+    (fnv1a(id) % u64::from(CONSENT_INDEX_SHARDS)) as u32
+}
+
+/// The hour of the day (UTC, `0..24`) in which the health job asks the bank about this
+/// consent: one status call per consent per day, the consents spread over the 24 hours.
+pub fn health_hour(id: &ConsentId) -> u32 {
+    (fnv1a(id) % 24) as u32
 }
 
 /// One status observation of a payment.
@@ -140,9 +164,13 @@ pub trait ConsentStore: Send + Sync {
     /// Replaces the stored version `consent.version` with `consent` at `version + 1` and
     /// returns what was written; `VersionConflict` if the stored version differs.
     async fn update(&self, consent: &ConsentRecord) -> Result<ConsentRecord, StoreError>;
-    /// Consents whose `validUntil` is `day` and whose renewal is outstanding
-    /// ([`ConsentRecord::renewal_outstanding`]); an index query.
-    async fn awaiting_renewal_on(&self, day: NaiveDate) -> Result<Vec<ConsentRecord>, StoreError>;
+    /// The valid consents whose `validUntil` is `day` (index `ByValidUntil`). The renewal
+    /// job keeps those whose renewal is outstanding, the health job expires them once the
+    /// day has passed.
+    async fn valid_until_on(&self, day: NaiveDate) -> Result<Vec<ConsentRecord>, StoreError>;
+    /// The valid consents whose [`health_hour`] is `hour` (index `ByHealthHour`), every
+    /// shard and page: the health job asks their banks for their status in that hour.
+    async fn valid_for_health_hour(&self, hour: u32) -> Result<Vec<ConsentRecord>, StoreError>;
 }
 
 #[async_trait]
