@@ -5,6 +5,18 @@ use shared::http::{self, Problem, Request, Response};
 use shared::services::ServiceError;
 use shared::services::connections::Connections;
 
+/// The user's IP address, sent to the bank as `PSU-IP-Address` (the user is present).
+fn caller_ip(request: &Request) -> Result<std::net::IpAddr, Problem> {
+    http::source_ip(request).ok_or_else(|| {
+        Problem::new(
+            400,
+            "validation",
+            "Invalid request",
+            "The caller's IP address is unknown.",
+        )
+    })
+}
+
 pub async fn handle(service: &Connections, request: &Request) -> Response {
     let user = match http::caller(request) {
         Ok(user) => user,
@@ -18,14 +30,9 @@ pub async fn handle(service: &Connections, request: &Request) -> Response {
                 Ok(body) => body,
                 Err(problem) => return problem.into_response(),
             };
-            let Some(ip) = http::source_ip(request) else {
-                return Problem::new(
-                    400,
-                    "validation",
-                    "Invalid request",
-                    "The caller's IP address is unknown.",
-                )
-                .into_response();
+            let ip = match caller_ip(request) {
+                Ok(ip) => ip,
+                Err(problem) => return problem.into_response(),
             };
             service
                 .connect(&user, &body, ip)
@@ -44,14 +51,9 @@ pub async fn handle(service: &Connections, request: &Request) -> Response {
             service.revoke(&user, id).await.map(|()| http::empty(204))
         }
         ("POST", ["v1", "connections", id, "renew"]) => {
-            let Some(ip) = http::source_ip(request) else {
-                return Problem::new(
-                    400,
-                    "validation",
-                    "Invalid request",
-                    "The caller's IP address is unknown.",
-                )
-                .into_response();
+            let ip = match caller_ip(request) {
+                Ok(ip) => ip,
+                Err(problem) => return problem.into_response(),
             };
             service
                 .renew_now(&user, id, ip)
