@@ -9,7 +9,8 @@
 //! - [`telemetry`]: structured JSON logs;
 //! - [`http`]: API Gateway request/response helpers (caller identity, problem+json);
 //! - [`sca_state`]: the signed, expiring, single-use `state` of SCA redirects;
-//! - [`services`]: the use cases (bank connections, ...), over the ports above.
+//! - [`services`]: the use cases (bank connections, ...), over the ports above;
+//! - [`webhook`]: the notifier (inbox + webhook queue) and the webhook signature.
 
 pub mod aws;
 pub mod bank;
@@ -20,3 +21,4 @@ pub mod sca_state;
 pub mod services;
 pub mod store;
 pub mod telemetry;
+pub mod webhook;

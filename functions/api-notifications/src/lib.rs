@@ -106,6 +106,22 @@ mod tests {
             items.truncate(limit);
             Ok(items)
         }
+        async fn get_event(
+            &self,
+            _: &UserId,
+            _: &str,
+        ) -> Result<Option<shared::store::StoredEvent>, StoreError> {
+            unimplemented!("not used by the inbox")
+        }
+        async fn mark_webhook(
+            &self,
+            _: &UserId,
+            _: &str,
+            _: shared::store::WebhookMark,
+            _: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, StoreError> {
+            unimplemented!("not used by the inbox")
+        }
     }
 
     fn request(sub: Option<&str>, query: &str) -> Request {

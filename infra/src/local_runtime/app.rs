@@ -83,7 +83,14 @@ pub fn local_parameters() -> BTreeMap<String, String> {
         .ok()
         .filter(|v| v.len() >= 32)
         .unwrap_or_else(|| "local-development-sca-state-secret-not-for-deployment".to_owned());
-    BTreeMap::from([("ScaStateSecret".to_owned(), secret)])
+    let webhook_secret = std::env::var("LOCAL_WEBHOOK_SECRET")
+        .ok()
+        .filter(|v| v.len() >= 32)
+        .unwrap_or_else(|| "local-development-webhook-secret-not-for-deployment".to_owned());
+    BTreeMap::from([
+        ("ScaStateSecret".to_owned(), secret),
+        ("WebhookSecret".to_owned(), webhook_secret),
+    ])
 }
 
 /// Lambda's default for SQS event source mappings without ScalingConfig is "as many as

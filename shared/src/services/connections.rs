@@ -45,10 +45,12 @@ use crate::domain::{
     BankId, ConsentEvent, ConsentId, ConsentState, ConsentStatus, NotificationId, UserId,
 };
 use crate::http::FieldError;
+use crate::queue::Queue;
 use crate::sca_state::{ScaState, StateError, StateSigner, StateSubject};
 use crate::store::{
     ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore, StoreError,
 };
+use crate::webhook::Notifier;
 
 /// Longest consent we ever ask for (PSD2 RTS: 180 days).
 pub const MAX_VALID_DAYS: u32 = 180;
@@ -173,6 +175,9 @@ pub struct ConnectionsDeps {
     pub consents: Arc<dyn ConsentStore>,
     pub nonces: Arc<dyn NonceStore>,
     pub notifications: Arc<dyn NotificationStore>,
+    /// The webhook queue: every new notification is also queued for the operator's
+    /// webhook (`crate::webhook`). `None`: inbox only.
+    pub webhooks: Option<Arc<dyn Queue>>,
     /// One connector per bank (usually [`BankRegistry::connectors`]).
     pub banks: HashMap<BankId, Arc<dyn BankApi>>,
     pub registry: BankRegistry,
@@ -185,7 +190,7 @@ pub struct ConnectionsDeps {
 pub struct Connections {
     consents: Arc<dyn ConsentStore>,
     nonces: Arc<dyn NonceStore>,
-    notifications: Arc<dyn NotificationStore>,
+    notifier: Notifier,
     banks: HashMap<BankId, Arc<dyn BankApi>>,
     registry: BankRegistry,
     signer: StateSigner,
@@ -323,7 +328,7 @@ impl Connections {
         Self {
             consents: deps.consents,
             nonces: deps.nonces,
-            notifications: deps.notifications,
+            notifier: Notifier::new(deps.notifications, deps.webhooks, deps.clock.clone()),
             banks: deps.banks,
             registry: deps.registry,
             signer: deps.signer,
@@ -1510,11 +1515,12 @@ impl Connections {
             .await
         {
             error!(consent_id = %record.consent_id, kind, error = %e,
-                "could not store a notification");
+                "could not store or queue a notification");
         }
     }
 
-    /// Stores one inbox notification once per event id; `true` when it was new.
+    /// Stores one inbox notification once per event id and queues its webhook (see
+    /// [`Notifier`]); `true` when it was new.
     async fn notify_checked(
         &self,
         record: &ConsentRecord,
@@ -1534,7 +1540,9 @@ impl Connections {
             data,
             created_at: self.clock.now(),
         };
-        let stored = self.notifications.put(&notification).await?;
+        // Stored once per event id and queued for the webhook; a failed enqueue is an
+        // error here, so the caller's invocation fails and its retry queues it.
+        let stored = self.notifier.notify(&notification).await?;
         if stored {
             info!(consent_id = %record.consent_id, kind, "user notified");
         }
@@ -1706,6 +1714,15 @@ pub async fn connections_from_env(sdk: &aws_config::SdkConfig) -> Result<Connect
             dynamodb,
             var("NOTIFICATIONS_TABLE")?,
         )),
+        webhooks: std::env::var(crate::webhook::QUEUE_URL_ENV)
+            .ok()
+            .filter(|url| !url.is_empty())
+            .map(|url| {
+                Arc::new(crate::queue::SqsQueue::new(
+                    aws_sdk_sqs::Client::new(sdk),
+                    url,
+                )) as Arc<dyn Queue>
+            }),
         banks,
         registry,
         signer,

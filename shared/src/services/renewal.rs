@@ -722,6 +722,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_webhook_enqueue_is_retried_by_the_next_run_and_queued_once() {
+        let h = harness();
+        let old = h.linked(&alice(), "lt-alpha", 6).await;
+        let queued_before = h.webhooks.event_ids().len();
+        *h.webhooks.failing.lock().unwrap() = 1; // step 5: stored, but not queued
+        assert_eq!(job(&h).run(today()).await, report(1, 0, 0, 0, 1));
+        assert_eq!(h.notes.of_kind(RENEWAL_REQUIRED).len(), 1);
+        assert!(h.consents.one(&old).renewal_outstanding());
+
+        assert_eq!(job(&h).run(today()).await, report(1, 0, 1, 0, 0));
+        assert_eq!(job(&h).run(today()).await, RenewalReport::default());
+        h.assert_renewed_once(&old);
+        let queued = h.webhooks.event_ids()[queued_before..].to_vec();
+        let event = h.notes.of_kind(RENEWAL_REQUIRED)[0].event_id.clone();
+        assert_eq!(queued, [event], "queued exactly once, by the retry");
+    }
+
+    #[tokio::test]
     async fn a_failed_write_of_the_bank_consent_deletes_it_and_a_later_run_retries() {
         // The documented window: between the bank's answer and recording it. A failed
         // write deletes the bank's consent again; a crash there would leave it orphaned

@@ -27,7 +27,7 @@ use crate::domain::{
 use crate::sca_state::StateSigner;
 use crate::store::{
     ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore, StoreError,
-    health_hour,
+    StoredEvent, WebhookMark, WebhookMarks, health_hour,
 };
 
 // ---- doubles ---------------------------------------------------------------------
@@ -227,10 +227,58 @@ impl NonceStore for MemNonces {
     }
 }
 
+/// A queue recording what was sent; can be told to fail the next sends.
+#[derive(Default)]
+pub(crate) struct RecordingQueue {
+    pub(crate) sent: Mutex<Vec<String>>,
+    pub(crate) failing: Mutex<u32>,
+}
+
+impl RecordingQueue {
+    /// The event ids of the queued webhook messages.
+    pub(crate) fn event_ids(&self) -> Vec<String> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|body| {
+                serde_json::from_str::<crate::webhook::WebhookMessage>(body)
+                    .unwrap()
+                    .event_id
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl crate::queue::Queue for RecordingQueue {
+    async fn send(
+        &self,
+        body: &str,
+        _: std::time::Duration,
+    ) -> Result<String, crate::queue::QueueError> {
+        let mut failing = self.failing.lock().unwrap();
+        if *failing > 0 {
+            *failing -= 1;
+            return Err(crate::queue::QueueError::Backend("injected".into()));
+        }
+        self.sent.lock().unwrap().push(body.to_owned());
+        Ok("m".into())
+    }
+
+    async fn send_batch(
+        &self,
+        _: &[crate::queue::OutgoingMessage],
+    ) -> Result<(), crate::queue::QueueError> {
+        unimplemented!("the webhook notifier sends one message at a time")
+    }
+}
+
 /// An inbox storing each event id once; can be told to fail the next put.
 #[derive(Default)]
 pub(crate) struct MemNotifications {
     items: Mutex<Vec<Notification>>,
+    marks: Mutex<HashMap<(UserId, String), WebhookMarks>>,
     failing_puts: Mutex<u32>,
 }
 
@@ -269,6 +317,60 @@ impl NotificationStore for MemNotifications {
             return Ok(false);
         }
         all.push(notification.clone());
+        Ok(true)
+    }
+
+    async fn get_event(
+        &self,
+        user: &UserId,
+        event_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        let notification = self
+            .all()
+            .into_iter()
+            .find(|n| &n.user_id == user && n.event_id == event_id);
+        Ok(notification.map(|notification| StoredEvent {
+            notification,
+            webhook: self
+                .marks
+                .lock()
+                .unwrap()
+                .get(&(user.clone(), event_id.to_owned()))
+                .cloned()
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn mark_webhook(
+        &self,
+        user: &UserId,
+        event_id: &str,
+        mark: WebhookMark,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if self.get_event(user, event_id).await?.is_none() {
+            return Ok(false);
+        }
+        let mut marks = self.marks.lock().unwrap();
+        let m = marks
+            .entry((user.clone(), event_id.to_owned()))
+            .or_default();
+        let slot = match mark {
+            WebhookMark::Queued => &mut m.webhook_queued_at,
+            WebhookMark::Delivered => &mut m.webhook_delivered_at,
+            WebhookMark::Failed(why) => {
+                if m.webhook_delivered_at.is_some() {
+                    return Ok(false);
+                }
+                m.webhook_failure = Some(why);
+                m.webhook_failed_at = Some(at);
+                return Ok(true);
+            }
+        };
+        if slot.is_some() {
+            return Ok(false);
+        }
+        *slot = Some(at);
         Ok(true)
     }
 
@@ -471,6 +573,8 @@ pub(crate) struct Harness {
     pub(crate) consents: Arc<MemConsents>,
     pub(crate) nonces: Arc<MemNonces>,
     pub(crate) notes: Arc<MemNotifications>,
+    /// What was queued for the webhook sender.
+    pub(crate) webhooks: Arc<RecordingQueue>,
     pub(crate) alpha: Arc<FakeBank>,
     pub(crate) beta: Arc<FakeBank>,
     pub(crate) clock: Arc<FixedClock>,
@@ -492,6 +596,7 @@ pub(crate) fn harness() -> Harness {
     let consents = Arc::new(MemConsents::default());
     let nonces = Arc::new(MemNonces::default());
     let notes = Arc::new(MemNotifications::default());
+    let webhooks = Arc::new(RecordingQueue::default());
     let alpha = Arc::new(FakeBank::new("lt-alpha"));
     let beta = Arc::new(FakeBank::new("lv-beta"));
     let clock = Arc::new(FixedClock(Mutex::new(start())));
@@ -502,6 +607,7 @@ pub(crate) fn harness() -> Harness {
         consents: consents.clone(),
         nonces: nonces.clone(),
         notifications: notes.clone(),
+        webhooks: Some(webhooks.clone()),
         banks,
         registry: BankRegistry::from_json_with(REGISTRY, |_| None).unwrap(),
         signer: StateSigner::new(SECRET).unwrap(),
@@ -513,6 +619,7 @@ pub(crate) fn harness() -> Harness {
         consents,
         nonces,
         notes,
+        webhooks,
         alpha,
         beta,
         clock,

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore, PaymentRecord,
-    PaymentStore, StoreError, health_hour, index_shard,
+    PaymentStore, StoreError, StoredEvent, WebhookMark, WebhookMarks, health_hour, index_shard,
 };
 use crate::domain::{ConsentId, ConsentState, PaymentId, UserId};
 
@@ -481,7 +481,10 @@ impl NotificationStore for DynamoNotificationStore {
             )),
         );
         item.insert("expiresAt".into(), expires.clone());
-        let guard: Item = HashMap::from([
+        // The guard carries a copy of the notification, so the webhook sender finds an
+        // event with one GetItem, and the event's webhook markers (`WebhookMarks`).
+        let mut guard = to_item(notification)?;
+        guard.extend([
             ("pk".to_owned(), s(pk)),
             (
                 "sk".to_owned(),
@@ -535,6 +538,76 @@ impl NotificationStore for DynamoNotificationStore {
                     Err(backend(err))
                 }
             }
+        }
+    }
+
+    async fn get_event(
+        &self,
+        user: &UserId,
+        event_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(user_pk(user)))
+            .key("sk", s(format!("EVENT#{event_id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        Ok(Some(StoredEvent {
+            notification: from_item(item.clone())?,
+            webhook: from_item::<WebhookMarks>(item)?,
+        }))
+    }
+
+    async fn mark_webhook(
+        &self,
+        user: &UserId,
+        event_id: &str,
+        mark: WebhookMark,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        let at = s(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(user_pk(user)))
+            .key("sk", s(format!("EVENT#{event_id}")))
+            .expression_attribute_values(":at", at);
+        let request = match mark {
+            WebhookMark::Queued => request
+                .update_expression("SET webhookQueuedAt = :at")
+                .condition_expression(
+                    "attribute_exists(pk) AND attribute_not_exists(webhookQueuedAt)",
+                ),
+            WebhookMark::Delivered => request
+                .update_expression("SET webhookDeliveredAt = :at")
+                .condition_expression(
+                    "attribute_exists(pk) AND attribute_not_exists(webhookDeliveredAt)",
+                ),
+            WebhookMark::Failed(why) => request
+                .update_expression("SET webhookFailedAt = :at, webhookFailure = :why")
+                .expression_attribute_values(":why", s(why))
+                .condition_expression(
+                    "attribute_exists(pk) AND attribute_not_exists(webhookDeliveredAt)",
+                ),
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(backend(err)),
         }
     }
 

@@ -210,6 +210,42 @@ pub struct Notification {
     pub created_at: DateTime<Utc>,
 }
 
+/// Webhook bookkeeping of one event, kept next to its notification (on the event's guard
+/// item): set once each, by conditional writes (see `crate::webhook`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookMarks {
+    /// The webhook message for this event was accepted by the webhook queue.
+    #[serde(default)]
+    pub webhook_queued_at: Option<DateTime<Utc>>,
+    /// The operator's endpoint answered 2xx.
+    #[serde(default)]
+    pub webhook_delivered_at: Option<DateTime<Utc>>,
+    /// The endpoint refused the webhook for good (a 4xx other than 408/429).
+    #[serde(default)]
+    pub webhook_failed_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub webhook_failure: Option<String>,
+}
+
+/// One stored event: its notification and its webhook bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub notification: Notification,
+    pub webhook: WebhookMarks,
+}
+
+/// A webhook marker to set on an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookMark {
+    /// `webhookQueuedAt`, unless already set.
+    Queued,
+    /// `webhookDeliveredAt`, unless already set.
+    Delivered,
+    /// `webhookFailedAt` + `webhookFailure`, unless the event was delivered.
+    Failed(String),
+}
+
 #[async_trait]
 pub trait NotificationStore: Send + Sync {
     /// Stores the notification unless one with the same `event_id` exists for the user;
@@ -217,4 +253,19 @@ pub trait NotificationStore: Send + Sync {
     async fn put(&self, notification: &Notification) -> Result<bool, StoreError>;
     /// The user's notifications, newest first, at most `limit`.
     async fn list(&self, user: &UserId, limit: usize) -> Result<Vec<Notification>, StoreError>;
+    /// The stored event `event_id` of the user (strongly consistent), `None` if unknown.
+    async fn get_event(
+        &self,
+        user: &UserId,
+        event_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError>;
+    /// Sets a webhook marker with a conditional write; `false` when the condition failed
+    /// (already set, delivered already, or no such event).
+    async fn mark_webhook(
+        &self,
+        user: &UserId,
+        event_id: &str,
+        mark: WebhookMark,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 }
