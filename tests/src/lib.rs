@@ -286,3 +286,177 @@ impl Runtime {
         self.local.teardown().await;
     }
 }
+
+/// The deployed functions (template.yaml) in the local runtime, an in-process sandbox bank
+/// they talk to, and an HTTP client that looks at redirects instead of following them:
+/// what the end-to-end tests drive.
+pub struct Bundle {
+    pub rt: Runtime,
+    pub sandbox: Sandbox,
+    pub http: reqwest::Client,
+    secret: String,
+}
+
+impl Bundle {
+    /// Starts a sandbox bank and template.yaml in the local runtime pointed at it, signing
+    /// tokens with `secret`; `extra_env` is added to every function's environment.
+    pub async fn start(secret: &str, extra_env: &[(&str, String)]) -> Bundle {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let sandbox = Sandbox::start(infra::sandbox::SandboxConfig::default()).await;
+        let mut env = vec![
+            (
+                "BANK_REGISTRY_PATH",
+                root.join("infra/banks.json").display().to_string(),
+            ),
+            ("SANDBOX_BANK_URL", sandbox.handle.base_url.clone()),
+        ];
+        env.extend(extra_env.iter().cloned());
+        let rt = Runtime::start(&root.join("template.yaml"), secret, &env).await;
+        Bundle {
+            rt,
+            sandbox,
+            // Redirects are looked at, not followed.
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+            secret: secret.to_owned(),
+        }
+    }
+
+    /// A bearer token for `user`, valid for ten minutes.
+    pub fn token(&self, user: &str) -> String {
+        infra::local_runtime::jwt::issue(&self.secret, user, Duration::from_secs(600), None)
+    }
+
+    /// Calls the API as `user` (a JSON `body`, if any); returns the status and the parsed
+    /// answer (`Null` when it is not JSON).
+    pub async fn call(
+        &self,
+        user: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .request(method, self.rt.url(path))
+            .bearer_auth(self.token(user));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// `POST /v1/connections` as `user`; asserts 201 and returns the created connection.
+    pub async fn connect(&self, user: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, created) = self
+            .call(
+                user,
+                reqwest::Method::POST,
+                "/v1/connections",
+                Some(&body.to_string()),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        created
+    }
+
+    /// Approves or denies a created connection's consent at the bank; returns where the
+    /// bank sends the browser (our callback).
+    pub async fn decide(&self, created: &serde_json::Value, decision: &str) -> String {
+        let auth_url = created["authUrl"].as_str().unwrap();
+        let bank_consent = auth_url.rsplit('/').next().unwrap();
+        let bank = created["bankId"].as_str().unwrap();
+        let answer = self
+            .sandbox
+            .decide(bank, "consents", bank_consent, decision)
+            .await;
+        answer["redirect"].as_str().unwrap().to_owned()
+    }
+
+    /// Follows a redirect (the bank's, to our callback) one step; returns (status, Location).
+    pub async fn follow(&self, url: &str) -> (u16, Option<String>) {
+        let response = self.http.get(url).send().await.unwrap();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_owned());
+        (response.status().as_u16(), location)
+    }
+
+    /// Runs `schedule` (e.g. "ConsentRenewalFunction.Daily") now, with `detail` as the
+    /// event's detail if given; asserts 200 and returns the run's report.
+    pub async fn fire(
+        &self,
+        schedule: &str,
+        detail: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let mut request = self
+            .http
+            .post(self.rt.url(&format!("/__local/schedules/{schedule}/fire")));
+        if let Some(detail) = detail {
+            request = request.json(&detail);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        answer["result"].clone()
+    }
+
+    /// `user`'s connections; asserts 200.
+    pub async fn connections(&self, user: &str) -> Vec<serde_json::Value> {
+        let (status, list) = self
+            .call(user, reqwest::Method::GET, "/v1/connections", None)
+            .await;
+        assert_eq!(status, 200, "{list}");
+        list["connections"].as_array().unwrap().clone()
+    }
+
+    /// One of `user`'s connections; asserts 200.
+    pub async fn connection(&self, user: &str, id: &str) -> serde_json::Value {
+        let (status, one) = self
+            .call(
+                user,
+                reqwest::Method::GET,
+                &format!("/v1/connections/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{one}");
+        one
+    }
+
+    /// `user`'s notifications; asserts 200.
+    pub async fn inbox(&self, user: &str) -> Vec<serde_json::Value> {
+        let (status, inbox) = self
+            .call(user, reqwest::Method::GET, "/v1/notifications", None)
+            .await;
+        assert_eq!(status, 200, "{inbox}");
+        inbox["notifications"].as_array().unwrap().clone()
+    }
+
+    /// How many consents were created at `bank` so far (the sandbox's counts).
+    pub async fn consent_creations(&self, bank: &str) -> u64 {
+        let counts = self.sandbox.get_json("counts").await;
+        counts["byOperation"][format!("{bank} POST /v1/consents").as_str()]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Stops the runtime, tears its stack down and stops the sandbox bank.
+    pub async fn stop(self) {
+        self.rt.stop().await;
+        self.sandbox.handle.shutdown();
+    }
+}

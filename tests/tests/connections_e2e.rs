@@ -2,118 +2,26 @@
 //! runtime, local AWS, and the sandbox bank's SCA (scripted approve/deny, which answers
 //! with the redirect the browser would follow to our callback).
 
-use std::path::Path;
-use std::time::Duration;
-
-use infra::local_runtime::jwt;
-use infra::sandbox::SandboxConfig;
-use integration_tests::{Runtime, Sandbox};
+use integration_tests::Bundle;
 use serde_json::{Value, json};
 
 const SECRET: &str = "connections-e2e-secret";
 const APP: &str = "http://127.0.0.1:3000/app/connected";
 
-struct World {
-    rt: Runtime,
-    sandbox: Sandbox,
-    http: reqwest::Client,
-}
-
-impl World {
-    async fn start() -> World {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let sandbox = Sandbox::start(SandboxConfig::default()).await;
-        let rt = Runtime::start(
-            &root.join("template.yaml"),
-            SECRET,
-            &[
-                (
-                    "BANK_REGISTRY_PATH",
-                    root.join("infra/banks.json").display().to_string(),
-                ),
-                ("SANDBOX_BANK_URL", sandbox.handle.base_url.clone()),
-            ],
-        )
-        .await;
-        World {
-            rt,
-            sandbox,
-            // Redirects are looked at, not followed.
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    fn token(user: &str) -> String {
-        jwt::issue(SECRET, user, Duration::from_secs(600), None)
-    }
-
-    async fn call(
-        &self,
-        user: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&str>,
-    ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, self.rt.url(path))
-            .bearer_auth(Self::token(user));
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_owned());
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn connect(&self, user: &str, bank: &str) -> Value {
-        let body = json!({"bankId": bank, "validDays": 90, "redirectUrl": APP}).to_string();
-        let (status, created) = self
-            .call(user, reqwest::Method::POST, "/v1/connections", Some(&body))
-            .await;
-        assert_eq!(status, 201, "{created}");
-        created
-    }
-
-    /// Approves or denies at the bank; returns where the bank sends the browser (our callback).
-    async fn decide(&self, created: &Value, decision: &str) -> String {
-        let auth_url = created["authUrl"].as_str().unwrap();
-        let bank_consent = auth_url.rsplit('/').next().unwrap();
-        let bank = created["bankId"].as_str().unwrap();
-        let answer = self
-            .sandbox
-            .decide(bank, "consents", bank_consent, decision)
-            .await;
-        answer["redirect"].as_str().unwrap().to_owned()
-    }
-
-    /// Follows the bank's redirect to our callback; returns (status, Location).
-    async fn follow(&self, callback: &str) -> (u16, Option<String>) {
-        let response = self.http.get(callback).send().await.unwrap();
-        let location = response
-            .headers()
-            .get("location")
-            .map(|l| l.to_str().unwrap().to_owned());
-        (response.status().as_u16(), location)
-    }
+/// The body linking `bank` for 90 days, back to the app.
+fn link(bank: &str) -> Value {
+    json!({"bankId": bank, "validDays": 90, "redirectUrl": APP})
 }
 
 #[tokio::test]
 async fn link_banks_authorise_list_isolate_and_revoke() {
-    let w = World::start().await;
+    let w = Bundle::start(SECRET, &[]).await;
     use reqwest::Method;
 
     // Two banks for alice, one for bob.
-    let alice_alpha = w.connect("alice", "lt-alpha").await;
-    let alice_baltija = w.connect("alice", "lv-baltija").await;
-    let bob_alpha = w.connect("bob", "lt-alpha").await;
+    let alice_alpha = w.connect("alice", link("lt-alpha")).await;
+    let alice_baltija = w.connect("alice", link("lv-baltija")).await;
+    let bob_alpha = w.connect("bob", link("lt-alpha")).await;
     assert_eq!(alice_alpha["status"], "pending_authorization");
     assert!(
         alice_alpha["authUrl"]
@@ -280,12 +188,12 @@ async fn link_banks_authorise_list_isolate_and_revoke() {
         ]
     );
 
-    w.rt.stop().await;
+    w.stop().await;
 }
 
 #[tokio::test]
 async fn bad_input_is_a_problem_naming_the_field_and_changes_nothing() {
-    let w = World::start().await;
+    let w = Bundle::start(SECRET, &[]).await;
     for (body, field) in [
         (r#"{"bankId":"no-such-bank"}"#, "bankId"),
         (r#"{"bankId":"lt-alpha","validDays":0}"#, "validDays"),
@@ -303,7 +211,7 @@ async fn bad_input_is_a_problem_naming_the_field_and_changes_nothing() {
         let response = w
             .http
             .post(w.rt.url("/v1/connections"))
-            .bearer_auth(World::token("alice"))
+            .bearer_auth(w.token("alice"))
             .body(body)
             .send()
             .await
@@ -341,5 +249,5 @@ async fn bad_input_is_a_problem_naming_the_field_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    w.rt.stop().await;
+    w.stop().await;
 }

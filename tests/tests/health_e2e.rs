@@ -4,13 +4,8 @@
 //! whose `validUntil` has passed (and starts its one renewal), leaves a healthy consent
 //! alone and notifies each change once; a second run changes nothing.
 
-use std::path::Path;
-use std::time::Duration;
-
 use chrono::{Days, Utc};
-use infra::local_runtime::jwt;
-use infra::sandbox::SandboxConfig;
-use integration_tests::{Runtime, Sandbox};
+use integration_tests::Bundle;
 use serde_json::{Value, json};
 use shared::domain::{ConsentId, ConsentState, UserId};
 use shared::store::{ConsentStore, DynamoConsentStore};
@@ -18,134 +13,36 @@ use shared::store::{ConsentStore, DynamoConsentStore};
 const SECRET: &str = "health-e2e-secret";
 const APP: &str = "http://127.0.0.1:3000/app/connected";
 const SCHEDULE: &str = "ConsentHealthFunction.Hourly";
-const CONSENT_CREATIONS: &str = "lt-alpha POST /v1/consents";
 
-struct World {
-    rt: Runtime,
-    sandbox: Sandbox,
-    http: reqwest::Client,
+/// The consents table of the stack, read and written directly.
+fn store(w: &Bundle) -> DynamoConsentStore {
+    DynamoConsentStore::new(
+        w.rt.local.dynamodb(),
+        w.rt.local.resources.table("ConsentsTable"),
+    )
 }
 
-impl World {
-    async fn start() -> World {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let sandbox = Sandbox::start(SandboxConfig::default()).await;
-        let rt = Runtime::start(
-            &root.join("template.yaml"),
-            SECRET,
-            &[
-                (
-                    "BANK_REGISTRY_PATH",
-                    root.join("infra/banks.json").display().to_string(),
-                ),
-                ("SANDBOX_BANK_URL", sandbox.handle.base_url.clone()),
-            ],
-        )
-        .await;
-        World {
-            rt,
-            sandbox,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(120))
-                .build()
-                .unwrap(),
-        }
-    }
+/// `user` links `bank` and approves it at the bank; returns (connection id, the bank's
+/// consent id).
+async fn linked(w: &Bundle, user: &str, bank: &str) -> (String, String) {
+    let body = json!({"bankId": bank, "validDays": 90, "redirectUrl": APP});
+    let created = w.connect(user, body).await;
+    let auth_url = created["authUrl"].as_str().unwrap();
+    let bank_consent = auth_url.rsplit('/').next().unwrap().to_owned();
+    let callback = w.decide(&created, "approve").await;
+    let (status, location) = w.follow(&callback).await;
+    assert_eq!(status, 302);
+    let location = location.unwrap();
+    assert!(location.contains("status=valid"), "{location}");
+    (
+        created["connectionId"].as_str().unwrap().to_owned(),
+        bank_consent,
+    )
+}
 
-    fn store(&self) -> DynamoConsentStore {
-        DynamoConsentStore::new(
-            self.rt.local.dynamodb(),
-            self.rt.local.resources.table("ConsentsTable"),
-        )
-    }
-
-    async fn call(&self, user: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let token = jwt::issue(SECRET, user, Duration::from_secs(600), None);
-        let method = if body.is_some() {
-            reqwest::Method::POST
-        } else {
-            reqwest::Method::GET
-        };
-        let mut request = self
-            .http
-            .request(method, self.rt.url(path))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_owned());
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// `user` links `bank` and approves it at the bank; returns (connection id, the bank's
-    /// consent id).
-    async fn linked(&self, user: &str, bank: &str) -> (String, String) {
-        let body = json!({"bankId": bank, "validDays": 90, "redirectUrl": APP}).to_string();
-        let (status, created) = self.call(user, "/v1/connections", Some(&body)).await;
-        assert_eq!(status, 201, "{created}");
-        let auth_url = created["authUrl"].as_str().unwrap();
-        let bank_consent = auth_url.rsplit('/').next().unwrap().to_owned();
-        let answer = self
-            .sandbox
-            .decide(bank, "consents", &bank_consent, "approve")
-            .await;
-        let callback = answer["redirect"].as_str().unwrap();
-        let response = self.http.get(callback).send().await.unwrap();
-        assert_eq!(response.status().as_u16(), 302);
-        let location = response.headers()["location"].to_str().unwrap().to_owned();
-        assert!(location.contains("status=valid"), "{location}");
-        (
-            created["connectionId"].as_str().unwrap().to_owned(),
-            bank_consent,
-        )
-    }
-
-    /// Runs the health schedule now, checking every hour; returns the run's report.
-    async fn fire_all_hours(&self) -> Value {
-        let response = self
-            .http
-            .post(self.rt.url(&format!("/__local/schedules/{SCHEDULE}/fire")))
-            .json(&json!({"allHours": true}))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let answer: Value = response.json().await.unwrap();
-        assert_eq!(status, 200, "{answer}");
-        answer["result"].clone()
-    }
-
-    async fn connections(&self, user: &str) -> Vec<Value> {
-        let (status, list) = self.call(user, "/v1/connections", None).await;
-        assert_eq!(status, 200, "{list}");
-        list["connections"].as_array().unwrap().clone()
-    }
-
-    async fn connection(&self, user: &str, id: &str) -> Value {
-        let (status, one) = self
-            .call(user, &format!("/v1/connections/{id}"), None)
-            .await;
-        assert_eq!(status, 200, "{one}");
-        one
-    }
-
-    async fn inbox(&self, user: &str) -> Vec<Value> {
-        let (status, inbox) = self.call(user, "/v1/notifications", None).await;
-        assert_eq!(status, 200, "{inbox}");
-        inbox["notifications"].as_array().unwrap().clone()
-    }
-
-    async fn consent_creations(&self) -> u64 {
-        let counts = self.sandbox.get_json("counts").await;
-        counts["byOperation"][CONSENT_CREATIONS]
-            .as_u64()
-            .unwrap_or(0)
-    }
+/// Runs the health schedule now, checking every hour; returns the run's report.
+async fn fire_all_hours(w: &Bundle) -> Value {
+    w.fire(SCHEDULE, Some(json!({"allHours": true}))).await
 }
 
 fn of_kind<'a>(inbox: &'a [Value], kind: &str, connection: &str) -> Vec<&'a Value> {
@@ -157,13 +54,13 @@ fn of_kind<'a>(inbox: &'a [Value], kind: &str, connection: &str) -> Vec<&'a Valu
 
 #[tokio::test]
 async fn one_health_run_mirrors_revocations_expires_and_renews_once() {
-    let w = World::start().await;
+    let w = Bundle::start(SECRET, &[]).await;
     let user = UserId::parse("alice").unwrap();
 
-    let (revoked, revoked_at_bank) = w.linked("alice", "lt-alpha").await;
-    let (healthy, _) = w.linked("alice", "lt-alpha").await;
-    let (lapsed, _) = w.linked("alice", "lt-alpha").await;
-    assert_eq!(w.consent_creations().await, 3);
+    let (revoked, revoked_at_bank) = linked(&w, "alice", "lt-alpha").await;
+    let (healthy, _) = linked(&w, "alice", "lt-alpha").await;
+    let (lapsed, _) = linked(&w, "alice", "lt-alpha").await;
+    assert_eq!(w.consent_creations("lt-alpha").await, 3);
 
     // The PSU revokes one consent at the bank.
     let response = w
@@ -179,7 +76,7 @@ async fn one_health_run_mirrors_revocations_expires_and_renews_once() {
     assert!(response.status().is_success(), "{response:?}");
 
     // Another one was valid until yesterday (written directly, as a versioned update).
-    let store = w.store();
+    let store = store(&w);
     let lapsed_id = ConsentId::parse(&lapsed).unwrap();
     let mut record = store.get(&user, &lapsed_id).await.unwrap().unwrap();
     assert_eq!(record.state, ConsentState::Valid);
@@ -187,7 +84,7 @@ async fn one_health_run_mirrors_revocations_expires_and_renews_once() {
     store.update(&record).await.unwrap();
     let healthy_before = w.connection("alice", &healthy).await;
 
-    let report = w.fire_all_hours().await;
+    let report = fire_all_hours(&w).await;
     assert_eq!(
         report,
         json!({"expired": 1, "mirrored": 1, "checked": 2, "renewalsStarted": 1, "failed": 0})
@@ -222,7 +119,7 @@ async fn one_health_run_mirrors_revocations_expires_and_renews_once() {
         .unwrap()
         .unwrap();
     assert_eq!(stored.renewal_of, Some(lapsed_id.clone()));
-    assert_eq!(w.consent_creations().await, 4);
+    assert_eq!(w.consent_creations("lt-alpha").await, 4);
 
     // Each change notified once.
     let inbox = w.inbox("alice").await;
@@ -245,14 +142,14 @@ async fn one_health_run_mirrors_revocations_expires_and_renews_once() {
     assert_eq!(healthy_notes[0]["kind"], "consent.valid");
 
     // Firing again changes nothing: only the healthy consent is still asked about.
-    let again = w.fire_all_hours().await;
+    let again = fire_all_hours(&w).await;
     assert_eq!(
         again,
         json!({"expired": 0, "mirrored": 0, "checked": 1, "renewalsStarted": 0, "failed": 0})
     );
     assert_eq!(w.connections("alice").await, list);
     assert_eq!(w.inbox("alice").await.len(), inbox.len());
-    assert_eq!(w.consent_creations().await, 4);
+    assert_eq!(w.consent_creations("lt-alpha").await, 4);
 
-    w.rt.stop().await;
+    w.stop().await;
 }

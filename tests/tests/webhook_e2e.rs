@@ -5,15 +5,12 @@
 //! delivered once.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use infra::local_runtime::jwt;
-use infra::sandbox::SandboxConfig;
-use integration_tests::{Runtime, Sandbox};
+use integration_tests::Bundle;
 use serde_json::{Value, json};
 use shared::domain::UserId;
 use shared::store::{DynamoNotificationStore, NotificationStore};
@@ -86,112 +83,72 @@ async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Stri
     status
 }
 
-struct World {
-    rt: Runtime,
-    sandbox: Sandbox,
-    http: reqwest::Client,
-    rx: Arc<Receiver>,
+/// The bundle, its functions sending webhooks to a receiver in this test.
+async fn start() -> (Bundle, Arc<Receiver>) {
+    let rx = Arc::new(Receiver::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route("/hooks", axum::routing::post(receive))
+        .with_state(rx.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let w = Bundle::start(
+        SECRET,
+        &[
+            ("WEBHOOK_URL", format!("http://{addr}/hooks")),
+            ("WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+        ],
+    )
+    .await;
+    (w, rx)
 }
 
-impl World {
-    async fn start() -> World {
-        let rx = Arc::new(Receiver::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new()
-            .route("/hooks", axum::routing::post(receive))
-            .with_state(rx.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+/// `user` links `bank` for 90 days.
+async fn connect(w: &Bundle, user: &str, bank: &str) -> Value {
+    w.connect(
+        user,
+        json!({"bankId": bank, "validDays": 90, "redirectUrl": APP}),
+    )
+    .await
+}
 
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let sandbox = Sandbox::start(SandboxConfig::default()).await;
-        let rt = Runtime::start(
-            &root.join("template.yaml"),
-            SECRET,
-            &[
-                (
-                    "BANK_REGISTRY_PATH",
-                    root.join("infra/banks.json").display().to_string(),
-                ),
-                ("SANDBOX_BANK_URL", sandbox.handle.base_url.clone()),
-                ("WEBHOOK_URL", format!("http://{addr}/hooks")),
-                ("WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
-            ],
-        )
-        .await;
-        World {
-            rt,
-            sandbox,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            rx,
-        }
-    }
+/// Approves at the bank and follows the browser's redirect to our callback.
+async fn approve(w: &Bundle, created: &Value) {
+    let callback = w.decide(created, "approve").await;
+    let (status, _) = w.follow(&callback).await;
+    assert_eq!(status, 302);
+}
 
-    async fn connect(&self, user: &str, bank: &str) -> Value {
-        let body = json!({"bankId": bank, "validDays": 90, "redirectUrl": APP}).to_string();
-        let response = self
-            .http
-            .post(self.rt.url("/v1/connections"))
-            .bearer_auth(jwt::issue(SECRET, user, Duration::from_secs(600), None))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 201);
-        response.json().await.unwrap()
-    }
-
-    /// Approves at the bank and follows the browser's redirect to our callback.
-    async fn approve(&self, created: &Value) {
-        let auth_url = created["authUrl"].as_str().unwrap();
-        let bank_consent = auth_url.rsplit('/').next().unwrap();
-        let bank = created["bankId"].as_str().unwrap();
-        let answer = self
-            .sandbox
-            .decide(bank, "consents", bank_consent, "approve")
-            .await;
-        let callback = answer["redirect"].as_str().unwrap();
-        let response = self.http.get(callback).send().await.unwrap();
-        assert_eq!(response.status().as_u16(), 302);
-    }
-
-    /// Waits until `done` holds for the requests received so far.
-    async fn until(&self, what: &str, done: impl Fn(&Receiver) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done(&self.rx) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {:?}",
-                self.rx.got.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+/// Waits until `done` holds for the requests received so far.
+async fn until(rx: &Receiver, what: &str, done: impl Fn(&Receiver) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(rx) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            rx.got.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 #[tokio::test]
 async fn a_valid_consent_is_delivered_once_signed_and_a_failed_attempt_is_retried() {
-    let w = World::start().await;
+    let (w, rx) = start().await;
 
     // Alice: delivered at the first attempt.
-    let alice = w.connect("alice", "lt-alpha").await;
+    let alice = connect(&w, "alice", "lt-alpha").await;
     let alice_id = alice["connectionId"].as_str().unwrap().to_owned();
-    w.approve(&alice).await;
-    w.until("alice's webhook", |rx| !rx.of(&alice_id).is_empty())
-        .await;
+    approve(&w, &alice).await;
+    until(&rx, "alice's webhook", |rx| !rx.of(&alice_id).is_empty()).await;
 
     // Bob: the receiver fails the first attempt with a 500.
-    let bob = w.connect("bob", "lt-alpha").await;
+    let bob = connect(&w, "bob", "lt-alpha").await;
     let bob_id = bob["connectionId"].as_str().unwrap().to_owned();
-    w.rx.fail_first.lock().unwrap().insert(bob_id.clone());
+    rx.fail_first.lock().unwrap().insert(bob_id.clone());
     let retried_at = Instant::now();
-    w.approve(&bob).await;
-    w.until("bob's retried webhook", |rx| {
+    approve(&w, &bob).await;
+    until(&rx, "bob's retried webhook", |rx| {
         rx.of(&bob_id).iter().any(|r| r.answered == 204)
     })
     .await;
@@ -203,7 +160,7 @@ async fn a_valid_consent_is_delivered_once_signed_and_a_failed_attempt_is_retrie
     // Redeliveries (if any) must not send a delivered event again.
     tokio::time::sleep(Duration::from_secs(6)).await;
 
-    let alice_got = w.rx.of(&alice_id);
+    let alice_got = rx.of(&alice_id);
     assert_eq!(alice_got.len(), 1, "exactly one request: {alice_got:?}");
     let hook = &alice_got[0];
     assert!(hook.signature_ok);
@@ -217,7 +174,7 @@ async fn a_valid_consent_is_delivered_once_signed_and_a_failed_attempt_is_retrie
     );
     assert!(hook.body["createdAt"].is_string());
 
-    let bob_got = w.rx.of(&bob_id);
+    let bob_got = rx.of(&bob_id);
     let answers: Vec<u16> = bob_got.iter().map(|r| r.answered).collect();
     assert_eq!(
         answers,
@@ -266,8 +223,7 @@ async fn a_valid_consent_is_delivered_once_signed_and_a_failed_attempt_is_retrie
     );
 
     // Everything the receiver got was signed correctly.
-    assert!(w.rx.got.lock().unwrap().iter().all(|r| r.signature_ok));
+    assert!(rx.got.lock().unwrap().iter().all(|r| r.signature_ok));
 
-    w.rt.stop().await;
-    w.sandbox.handle.shutdown();
+    w.stop().await;
 }
