@@ -111,7 +111,9 @@ mod tests {
             _: &UserId,
             _: &str,
         ) -> Result<Option<shared::store::StoredEvent>, StoreError> {
-            unimplemented!("not used by the inbox")
+            Err(StoreError::Backend(
+                "the inbox never reads single events".into(),
+            ))
         }
         async fn mark_webhook(
             &self,
@@ -120,7 +122,7 @@ mod tests {
             _: shared::store::WebhookMark,
             _: chrono::DateTime<chrono::Utc>,
         ) -> Result<bool, StoreError> {
-            unimplemented!("not used by the inbox")
+            Err(StoreError::Backend("the inbox never marks webhooks".into()))
         }
     }
 

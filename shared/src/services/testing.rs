@@ -268,9 +268,12 @@ impl crate::queue::Queue for RecordingQueue {
 
     async fn send_batch(
         &self,
-        _: &[crate::queue::OutgoingMessage],
+        messages: &[crate::queue::OutgoingMessage],
     ) -> Result<(), crate::queue::QueueError> {
-        unimplemented!("the webhook notifier sends one message at a time")
+        for m in messages {
+            self.send(&m.body, m.delay).await?;
+        }
+        Ok(())
     }
 }
 
