@@ -959,29 +959,21 @@ impl Connections {
             now + Duration::days(RENEWAL_STATE_TTL_DAYS),
             None,
         );
-        let created = match connector.create_consent(&request).await {
-            Ok(created) => created,
-            Err(e) => {
-                warn!(consent_id = %leased.consent_id, bank_id = %leased.bank_id, code = e.code(),
-                    "the bank refused to create a renewal consent");
-                self.release_lease(leased).await;
-                return Err(e.into());
-            }
-        };
-        let Some(sca) = created.sca else {
-            warn!(consent_id = %leased.consent_id, bank_id = %leased.bank_id,
-                "the bank returned no SCA redirect link; deleting its consent");
-            best_effort_delete(connector.as_ref(), &leased, &created.consent_id).await;
-            self.release_lease(leased).await;
-            return Err(BankError::Protocol("the consent has no SCA redirect link".into()).into());
-        };
+        let (bank_consent_id, sca) =
+            match create_at_bank(connector.as_ref(), &leased, &request).await {
+                Ok(created) => created,
+                Err(e) => {
+                    self.release_lease(leased).await;
+                    return Err(e.into());
+                }
+            };
 
         // Only a crash from here until the write below leaves the bank's consent unknown
         // to us (an orphan that expires unused; see the module notes of `renewal`).
         let mut current = leased;
         for _ in 0..RENEWAL_ROUNDS {
             let mut recorded = current.clone();
-            recorded.bank_consent_id = Some(created.consent_id.clone());
+            recorded.bank_consent_id = Some(bank_consent_id.clone());
             recorded.sca_url = Some(sca.href().to_string());
             recorded.lease_until = None;
             recorded.updated_at = self.clock.now();
@@ -1007,13 +999,12 @@ impl Connections {
                         // A runner that took over after our lease ran out recorded its
                         // consent first: that one stays, ours goes.
                         Ok(Some(fresh)) if !fresh.state.is_final() => {
-                            best_effort_delete(connector.as_ref(), &fresh, &created.consent_id)
-                                .await;
+                            best_effort_delete(connector.as_ref(), &fresh, &bank_consent_id).await;
                             return Ok(AtBank::Created(Box::new(fresh)));
                         }
                         // Ended meanwhile (its connection was revoked).
                         Ok(_) => {
-                            best_effort_delete(connector.as_ref(), &current, &created.consent_id)
+                            best_effort_delete(connector.as_ref(), &current, &bank_consent_id)
                                 .await;
                             return Ok(AtBank::Ended);
                         }
@@ -1024,10 +1015,10 @@ impl Connections {
             };
             error!(consent_id = %current.consent_id, bank_id = %current.bank_id, error = %error,
                 "could not record the bank's renewal consent; deleting it at the bank");
-            best_effort_delete(connector.as_ref(), &current, &created.consent_id).await;
+            best_effort_delete(connector.as_ref(), &current, &bank_consent_id).await;
             return Err(error.into());
         }
-        best_effort_delete(connector.as_ref(), &current, &created.consent_id).await;
+        best_effort_delete(connector.as_ref(), &current, &bank_consent_id).await;
         Err(ServiceError::Conflict(
             "the renewal kept changing while it was recorded; try again".into(),
         ))
@@ -1257,24 +1248,15 @@ impl Connections {
         let now = self.clock.now();
         let request =
             self.consent_request(&record, psu_ip, now + self.config.state_ttl, redirect_url);
-        let created = match connector.create_consent(&request).await {
+        let (bank_consent_id, sca) = match create_at_bank(connector, &record, &request).await {
             Ok(created) => created,
             Err(e) => {
-                warn!(consent_id = %record.consent_id, bank_id = %record.bank_id, code = e.code(),
-                    "the bank refused to create a consent");
                 self.abandon(record).await;
                 return Err(e.into());
             }
         };
-        let Some(sca) = created.sca else {
-            warn!(consent_id = %record.consent_id, bank_id = %record.bank_id,
-                "the bank returned no SCA redirect link; deleting its consent");
-            best_effort_delete(connector, &record, &created.consent_id).await;
-            self.abandon(record).await;
-            return Err(BankError::Protocol("the consent has no SCA redirect link".into()).into());
-        };
         let mut updated = record.clone();
-        updated.bank_consent_id = Some(created.consent_id.clone());
+        updated.bank_consent_id = Some(bank_consent_id.clone());
         updated.sca_url = Some(sca.href().to_string());
         updated.updated_at = now;
         match self.consents.update(&updated).await {
@@ -1286,7 +1268,7 @@ impl Connections {
             Err(e) => {
                 error!(consent_id = %record.consent_id, bank_id = %record.bank_id, error = %e,
                     "could not record the bank's consent; deleting it at the bank");
-                best_effort_delete(connector, &record, &created.consent_id).await;
+                best_effort_delete(connector, &record, &bank_consent_id).await;
                 self.abandon(record).await;
                 Err(e.into())
             }
@@ -1611,6 +1593,31 @@ fn callback_status(state: ConsentState) -> &'static str {
             ConsentState::PendingAuthorization.as_str()
         }
         other => other.as_str(),
+    }
+}
+
+/// Creates `record`'s consent at the bank and returns the bank's id and SCA link. A
+/// consent without an SCA link is deleted again (only redirect SCA is supported); the
+/// caller cleans up its own record on any error.
+async fn create_at_bank(
+    connector: &dyn BankApi,
+    record: &ConsentRecord,
+    request: &ConsentRequest,
+) -> Result<(crate::domain::BankConsentId, crate::bank::ScaLink), BankError> {
+    let created = connector.create_consent(request).await.inspect_err(|e| {
+        warn!(consent_id = %record.consent_id, bank_id = %record.bank_id, code = e.code(),
+            renewal = record.renewal_of.is_some(), "the bank refused to create a consent");
+    })?;
+    match created.sca {
+        Some(sca) => Ok((created.consent_id, sca)),
+        None => {
+            warn!(consent_id = %record.consent_id, bank_id = %record.bank_id,
+                "the bank returned no SCA redirect link; deleting its consent");
+            best_effort_delete(connector, record, &created.consent_id).await;
+            Err(BankError::Protocol(
+                "the consent has no SCA redirect link".into(),
+            ))
+        }
     }
 }
 
