@@ -64,6 +64,24 @@ pub fn json(status: u16, body: &impl Serialize) -> Response {
     respond(status, "application/json", body)
 }
 
+/// An answer whose JSON body is already serialised (a stored idempotent answer): a
+/// problem document for 4xx/5xx, else plain JSON.
+pub fn raw_json(status: u16, body: String) -> Response {
+    let content_type = if status >= 400 {
+        "application/problem+json"
+    } else {
+        "application/json"
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static(content_type));
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+    let mut response = Response::default();
+    response.status_code = i64::from(status);
+    response.headers = headers;
+    response.body = Some(Body::Text(body));
+    response
+}
+
 fn respond(status: u16, content_type: &'static str, body: &impl Serialize) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static(content_type));

@@ -1,5 +1,6 @@
 //! `GET /v1/callbacks/sca?state=…`: the bank sends the browser here after SCA. The signed
-//! state says which consent (or, later, payment) it is about; the answer is a redirect to
+//! state says which consent or payment it is about; it is verified and consumed once, then
+//! the connections or the payments service finishes the job. The answer is a redirect to
 //! the caller's `redirectUrl`, or a small page when there is none or the link is bad.
 
 use std::collections::HashMap;
@@ -7,9 +8,17 @@ use std::collections::HashMap;
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderMap, HeaderValue};
 use shared::http::{Request, Response};
+use shared::sca_state::StateSubject;
 use shared::services::connections::{CallbackOutcome, Connections};
+use shared::services::payments::Payments;
 
-pub async fn handle(service: &Connections, request: &Request) -> Response {
+/// The two services a callback can be about.
+pub struct Services {
+    pub connections: Connections,
+    pub payments: Payments,
+}
+
+pub async fn handle(services: &Services, request: &Request) -> Response {
     let query: HashMap<String, String> = request
         .query_string_parameters
         .iter()
@@ -19,7 +28,14 @@ pub async fn handle(service: &Connections, request: &Request) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert("cache-control", HeaderValue::from_static("no-store"));
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    match service.sca_callback(&query).await {
+    let outcome = match services.connections.verify_callback(&query).await {
+        Ok(state) => match state.subject {
+            StateSubject::Consent { .. } => services.connections.consent_callback(state).await,
+            StateSubject::Payment { .. } => services.payments.sca_callback(state).await,
+        },
+        Err(page) => page,
+    };
+    match outcome {
         CallbackOutcome::Redirect { location } => {
             response.status_code = 302;
             if let Ok(value) = HeaderValue::from_str(location.as_str()) {

@@ -18,6 +18,7 @@ pub mod iban;
 pub mod ids;
 pub mod money;
 pub mod payment;
+pub mod polling;
 
 pub use self::consent::{ConsentEvent, ConsentState, ConsentStatus, ConsentTransitionError};
 pub use self::error::{DomainError, MAX_ECHO_CHARS};

@@ -156,6 +156,29 @@ impl ConnectionsConfig {
         })
     }
 
+    /// Checks a caller's `redirectUrl`: an absolute http(s) URL without credentials, at
+    /// most [`MAX_REDIRECT_URL_LEN`] characters, on the allow-list; else why not.
+    pub(crate) fn redirect_url(&self, value: &Value) -> Result<Url, String> {
+        let Value::String(text) = value else {
+            return Err("must be a string".into());
+        };
+        if text.len() > MAX_REDIRECT_URL_LEN {
+            return Err(format!("must be at most {MAX_REDIRECT_URL_LEN} characters"));
+        }
+        match Url::parse(text) {
+            Ok(url) if is_web_url(&url) => {
+                if !url.username().is_empty() || url.password().is_some() {
+                    Err("must not contain credentials".into())
+                } else if self.allows(&url) {
+                    Ok(url)
+                } else {
+                    Err("is not on the allow-list".into())
+                }
+            }
+            _ => Err("must be an absolute http(s) URL".into()),
+        }
+    }
+
     fn allows(&self, url: &Url) -> bool {
         let origin = url.origin();
         origin.is_tuple()
@@ -266,7 +289,7 @@ pub enum CallbackOutcome {
 }
 
 impl CallbackOutcome {
-    fn page(status: u16, title: &str, message: &str) -> Self {
+    pub fn page(status: u16, title: &str, message: &str) -> Self {
         CallbackOutcome::Page {
             status,
             title: title.to_owned(),
@@ -274,7 +297,7 @@ impl CallbackOutcome {
         }
     }
 
-    fn invalid_link() -> Self {
+    pub fn invalid_link() -> Self {
         Self::page(
             400,
             "Invalid link",
@@ -536,54 +559,68 @@ impl Connections {
         }
     }
 
-    /// `GET /v1/callbacks/sca?state=…[&outcome=nok]`: the bank sends the browser back here.
+    /// `GET /v1/callbacks/sca?state=…[&outcome=nok]` for a consent: the bank sends the
+    /// browser back here. (The API function dispatches payment states to the payments
+    /// service after [`Self::verify_callback`].)
     pub async fn sca_callback(&self, query: &HashMap<String, String>) -> CallbackOutcome {
+        match self.verify_callback(query).await {
+            Ok(state) => self.consent_callback(state).await,
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Verifies the callback's signed `state` and consumes its nonce (single use): the
+    /// state to act on, or the page to show. A consumed state is never accepted again.
+    pub async fn verify_callback(
+        &self,
+        query: &HashMap<String, String>,
+    ) -> Result<ScaState, CallbackOutcome> {
         let now = self.clock.now();
         let Some(token) = query.get("state") else {
-            return CallbackOutcome::invalid_link();
+            return Err(CallbackOutcome::invalid_link());
         };
         let state = match self.signer.verify(token, now) {
             Ok(state) => state,
             Err(StateError::Expired) => {
                 info!("SCA callback with an expired state");
-                return CallbackOutcome::page(
+                return Err(CallbackOutcome::page(
                     400,
                     "Link expired",
                     "This authorisation link has expired. Please start again from the app.",
-                );
+                ));
             }
             Err(e) => {
                 info!(reason = %e, "SCA callback with an invalid state");
-                return CallbackOutcome::invalid_link();
-            }
-        };
-        let (user, consent_id) = match &state.subject {
-            StateSubject::Consent { user, consent } => (user, consent),
-            StateSubject::Payment { .. } => {
-                warn!("SCA callback for a payment, which this service does not handle yet");
-                return CallbackOutcome::page(
-                    501,
-                    "Not supported",
-                    "Payment authorisations cannot be completed here yet.",
-                );
+                return Err(CallbackOutcome::invalid_link());
             }
         };
         match self.nonces.consume(&state.nonce, state.expires_at).await {
-            Ok(true) => {}
+            Ok(true) => Ok(state),
             Ok(false) => {
-                info!(consent_id = %consent_id, "SCA callback state replayed");
-                return CallbackOutcome::page(
+                info!("SCA callback state replayed");
+                Err(CallbackOutcome::page(
                     409,
                     "Link already used",
-                    "This authorisation link was already used. You can check the \
-                     connection's status in the app.",
-                );
+                    "This authorisation link was already used. You can check its status in \
+                     the app.",
+                ))
             }
             Err(e) => {
-                error!(consent_id = %consent_id, error = %e, "nonce store failed");
-                return try_again_page();
+                error!(error = %e, "nonce store failed");
+                Err(try_again_page())
             }
         }
+    }
+
+    /// The consent half of the SCA callback, for a verified and consumed `state`.
+    pub async fn consent_callback(&self, state: ScaState) -> CallbackOutcome {
+        let (user, consent_id) = match &state.subject {
+            StateSubject::Consent { user, consent } => (user, consent),
+            StateSubject::Payment { .. } => {
+                warn!("payment state handed to the consent callback");
+                return CallbackOutcome::invalid_link();
+            }
+        };
         let record = match self.consents.get(user, consent_id).await {
             Ok(Some(record)) => record,
             Ok(None) => {
@@ -1188,34 +1225,13 @@ impl Connections {
 
         let redirect_url = match present(&body, "redirectUrl") {
             None => None,
-            Some(Value::String(text)) if text.len() > MAX_REDIRECT_URL_LEN => {
-                fail(
-                    "redirectUrl",
-                    format!("must be at most {MAX_REDIRECT_URL_LEN} characters"),
-                );
-                None
-            }
-            Some(Value::String(text)) => match Url::parse(text) {
-                Ok(url) if is_web_url(&url) => {
-                    if !url.username().is_empty() || url.password().is_some() {
-                        fail("redirectUrl", "must not contain credentials".into());
-                        None
-                    } else if self.config.allows(&url) {
-                        Some(url)
-                    } else {
-                        fail("redirectUrl", "is not on the allow-list".into());
-                        None
-                    }
-                }
-                _ => {
-                    fail("redirectUrl", "must be an absolute http(s) URL".into());
+            Some(value) => match self.config.redirect_url(value) {
+                Ok(url) => Some(url),
+                Err(message) => {
+                    fail("redirectUrl", message);
                     None
                 }
             },
-            Some(_) => {
-                fail("redirectUrl", "must be a string".into());
-                None
-            }
         };
 
         for key in body.keys() {
@@ -1554,7 +1570,7 @@ fn present<'a>(body: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
 
 /// What a log line says about a failure: the bank's error code only (bank messages are
 /// free text we do not control), our own errors in full.
-pub(crate) fn log_text(error: &ServiceError) -> String {
+pub fn log_text(error: &ServiceError) -> String {
     match error {
         ServiceError::Bank(e) => format!("bank error {}", e.code()),
         other => other.to_string(),
@@ -1576,7 +1592,7 @@ pub fn renewal_id_after(previous: &ConsentId) -> ConsentId {
     ConsentId::parse(&id.hyphenated().to_string()).expect("a UUID is a valid consent id")
 }
 
-fn try_again_page() -> CallbackOutcome {
+pub(crate) fn try_again_page() -> CallbackOutcome {
     CallbackOutcome::page(
         500,
         "Something went wrong",

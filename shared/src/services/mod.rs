@@ -4,17 +4,21 @@
 //! - [`connections`]: link a bank, the SCA callback, list/get, revoke, renew now.
 //! - [`renewal`]: the daily renewal job (exactly one renewal per due consent).
 //! - [`health`]: the hourly health job (expiry, the bank's view, renewal of lapsed ones).
+//! - [`payments`]: idempotent payment initiation, the payment SCA callback, status polling.
 //!
 //! Every service fails with a [`ServiceError`]; [`ServiceError::into_problem`] turns it into
 //! the RFC 9457 answer of the public API without leaking internals.
 
 pub mod connections;
 pub mod health;
+pub mod payments;
 pub mod renewal;
 #[cfg(test)]
 pub(crate) mod testing;
 
 use chrono::{DateTime, Utc};
+
+pub use connections::log_text;
 
 use crate::bank::BankError;
 use crate::http::{FieldError, Problem};

@@ -14,8 +14,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore, PaymentRecord,
-    PaymentStore, StoreError, StoredEvent, WebhookMark, WebhookMarks, health_hour, index_shard,
+    ConsentRecord, ConsentStore, IdempotencyRecord, IdempotencyStore, NonceStore, Notification,
+    NotificationStore, PaymentPage, PaymentRecord, PaymentState, PaymentStore, StoreError,
+    StoredEvent, WebhookMark, WebhookMarks, health_hour, index_shard,
 };
 use crate::domain::{ConsentId, ConsentState, PaymentId, UserId};
 
@@ -353,6 +354,8 @@ impl DynamoPaymentStore {
         let mut item = to_item(record)?;
         item.insert("pk".into(), s(user_pk(&record.user_id)));
         item.insert("sk".into(), s(Self::sk(&record.payment_id)));
+        // The API's coarse state, for the list filter (derived, never read back).
+        item.insert("state".into(), s(record.state().as_str()));
         Ok(item)
     }
 }
@@ -380,6 +383,63 @@ impl PaymentStore for DynamoPaymentStore {
         query_prefix(&self.client, &self.table, user_pk(user), "PAYMENT#").await
     }
 
+    async fn list_page(
+        &self,
+        user: &UserId,
+        state: Option<PaymentState>,
+        after: Option<&PaymentId>,
+        limit: usize,
+    ) -> Result<PaymentPage, StoreError> {
+        let limit = limit.max(1);
+        let pk = user_pk(user);
+        let mut payments: Vec<PaymentRecord> = Vec::new();
+        let mut start: Option<Item> = after.map(|id| {
+            [
+                ("pk".to_owned(), s(pk.clone())),
+                ("sk".to_owned(), s(Self::sk(id))),
+            ]
+            .into()
+        });
+        loop {
+            let remaining = i32::try_from(limit - payments.len()).unwrap_or(i32::MAX);
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(pk.clone()))
+                .expression_attribute_values(":prefix", s("PAYMENT#"))
+                .scan_index_forward(false)
+                .limit(remaining)
+                .set_exclusive_start_key(start.take());
+            if let Some(state) = state {
+                query = query
+                    .filter_expression("#state = :state")
+                    .expression_attribute_names("#state", "state")
+                    .expression_attribute_values(":state", s(state.as_str()));
+            }
+            let page = query.send().await.map_err(backend)?;
+            for item in page.items.unwrap_or_default() {
+                payments.push(from_item(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => {
+                    if payments.len() >= limit {
+                        let next = payments.last().map(|p| p.payment_id.clone());
+                        return Ok(PaymentPage { payments, next });
+                    }
+                    start = Some(key);
+                }
+                _ => {
+                    return Ok(PaymentPage {
+                        payments,
+                        next: None,
+                    });
+                }
+            }
+        }
+    }
+
     async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError> {
         let mut next = payment.clone();
         next.version = payment.version + 1;
@@ -388,6 +448,74 @@ impl PaymentStore for DynamoPaymentStore {
             &self.table,
             Self::item(&next)?,
             payment.version,
+        )
+        .await?;
+        Ok(next)
+    }
+}
+
+// ---------------------------------------------------------------- idempotency keys
+
+/// `Idempotency-Key` records, in the payments table beside the user's payments:
+/// `pk = USER#<user>`, `sk = IDEMPOTENCY#<sha-256 of the key>`; `expiresAt` (TTL) a day
+/// after `keepUntil`.
+#[derive(Clone, Debug)]
+pub struct DynamoIdempotencyStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoIdempotencyStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    fn sk(key_hash: &str) -> String {
+        format!("IDEMPOTENCY#{key_hash}")
+    }
+
+    fn item(record: &IdempotencyRecord) -> Result<Item, StoreError> {
+        let mut item = to_item(record)?;
+        item.insert("pk".into(), s(user_pk(&record.user_id)));
+        item.insert("sk".into(), s(Self::sk(&record.key_hash)));
+        item.insert(
+            "expiresAt".into(),
+            AttributeValue::N((record.keep_until.timestamp() + 86_400).to_string()),
+        );
+        Ok(item)
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for DynamoIdempotencyStore {
+    async fn insert(&self, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        if record.version != 0 {
+            return Err(StoreError::Corrupt(
+                "a new idempotency record starts at version 0".into(),
+            ));
+        }
+        put_new(&self.client, &self.table, Self::item(record)?).await
+    }
+
+    async fn get(
+        &self,
+        user: &UserId,
+        key_hash: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        get_item(&self.client, &self.table, user_pk(user), Self::sk(key_hash)).await
+    }
+
+    async fn update(&self, record: &IdempotencyRecord) -> Result<IdempotencyRecord, StoreError> {
+        let mut next = record.clone();
+        next.version = record.version + 1;
+        put_versioned(
+            &self.client,
+            &self.table,
+            Self::item(&next)?,
+            record.version,
         )
         .await?;
         Ok(next)

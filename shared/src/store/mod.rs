@@ -19,7 +19,8 @@ use crate::domain::{
 };
 
 pub use dynamo::{
-    DynamoConsentStore, DynamoNonceStore, DynamoNotificationStore, DynamoPaymentStore,
+    DynamoConsentStore, DynamoIdempotencyStore, DynamoNonceStore, DynamoNotificationStore,
+    DynamoPaymentStore,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +125,43 @@ pub struct StatusEntry {
     pub at: DateTime<Utc>,
 }
 
-/// One single payment.
+/// Why a payment did not reach (or was refused by) the bank at initiation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentFailure {
+    /// [`crate::bank::BankError::code`], e.g. `FORMAT_ERROR`, `BANK_UNAVAILABLE`.
+    pub code: String,
+    /// The same request may succeed later (bank down, 429, timeout): a retry with the same
+    /// `Idempotency-Key` continues this payment with the same `X-Request-ID`.
+    pub retryable: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// The status-polling chain of a payment: at most one message is live, the one whose
+/// generation equals `generation` (see `services::payments`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PollState {
+    /// The generation of the one live poll message; every other message is dropped.
+    pub generation: u64,
+    /// Whether the live message was handed to the queue (a step that crashed between
+    /// advancing the generation and sending is resent by the previous message's redelivery).
+    pub sent: bool,
+    /// When the current chain started (initiation, or the SCA callback).
+    pub started_at: Option<DateTime<Utc>>,
+    /// Consecutive bank errors (drives the backoff); reset by an answer.
+    pub errors: u32,
+    /// Bank status calls made by the chain (for operators and the schedule test).
+    pub bank_calls: u32,
+    /// Polling gave up (24 h without a final status).
+    pub gave_up: bool,
+    /// The chain ended because the initiation failed: nothing to poll until a retry of
+    /// the initiation starts a new chain.
+    #[serde(default)]
+    pub stopped: bool,
+}
+
+/// One single payment (or one item of a bulk batch).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRecord {
@@ -146,10 +183,150 @@ pub struct PaymentRecord {
     pub status: Option<TransactionStatus>,
     pub sca_url: Option<String>,
     pub history: Vec<StatusEntry>,
-    /// Generation of the live status-polling chain; older messages are dropped.
-    pub poll_generation: u64,
+    /// The PSU's IP address at initiation (`PSU-IP-Address`), sent again if the initiation
+    /// has to be repeated (same `X-Request-ID`).
+    #[serde(default)]
+    pub psu_ip: Option<IpAddr>,
+    /// Where the SCA callback sends the browser afterwards (allow-listed when recorded).
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    /// While set and in the future, one caller is at the bank initiating this payment; a
+    /// poller finding it expired without a bank payment id repeats the initiation.
+    #[serde(default)]
+    pub lease_until: Option<DateTime<Utc>>,
+    /// The initiation failed (see [`PaymentFailure`]).
+    #[serde(default)]
+    pub failure: Option<PaymentFailure>,
+    /// The SCA callback came back for this payment.
+    #[serde(default)]
+    pub sca_returned: bool,
+    #[serde(default)]
+    pub poll: PollState,
+    /// The user was notified of the final status (or of polling giving up).
+    #[serde(default)]
+    pub outcome_notified: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub version: u64,
+}
+
+/// Where a payment stands, in the words of our API (`state`); derived from the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentState {
+    /// Recorded; the bank has not answered the initiation yet.
+    Initiating,
+    /// The bank refused the initiation, or could not be reached (`failure` says which).
+    Failed,
+    /// The bank accepted it; the user must authorise it (SCA link).
+    AwaitingAuthorisation,
+    /// Authorised or accepted, not final yet.
+    InProgress,
+    /// `ACSC` / `ACCC`.
+    Completed,
+    /// `RJCT` / `CANC`.
+    Rejected,
+    /// Polling gave up without a final status.
+    Unknown,
+}
+
+impl PaymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentState::Initiating => "initiating",
+            PaymentState::Failed => "failed",
+            PaymentState::AwaitingAuthorisation => "awaiting_authorisation",
+            PaymentState::InProgress => "in_progress",
+            PaymentState::Completed => "completed",
+            PaymentState::Rejected => "rejected",
+            PaymentState::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            PaymentState::Initiating,
+            PaymentState::Failed,
+            PaymentState::AwaitingAuthorisation,
+            PaymentState::InProgress,
+            PaymentState::Completed,
+            PaymentState::Rejected,
+            PaymentState::Unknown,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+}
+
+impl PaymentRecord {
+    /// Whether the bank reported a final status.
+    pub fn is_final(&self) -> bool {
+        self.status.is_some_and(|s| s.is_final())
+    }
+
+    pub fn state(&self) -> PaymentState {
+        match (self.status, &self.failure) {
+            (Some(status), _) if status.is_final() && status.is_rejected() => {
+                PaymentState::Rejected
+            }
+            (Some(status), _) if status.is_final() => PaymentState::Completed,
+            (Some(_), _) if self.poll.gave_up => PaymentState::Unknown,
+            (Some(TransactionStatus::Rcvd), _) if self.sca_url.is_some() && !self.sca_returned => {
+                PaymentState::AwaitingAuthorisation
+            }
+            (Some(_), _) => PaymentState::InProgress,
+            (None, Some(_)) => PaymentState::Failed,
+            (None, None) => PaymentState::Initiating,
+        }
+    }
+}
+
+/// A page of a user's payments, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentPage {
+    pub payments: Vec<PaymentRecord>,
+    /// The last payment id of this page when more may follow.
+    pub next: Option<PaymentId>,
+}
+
+/// The answer stored for an `Idempotency-Key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Where the request of an `Idempotency-Key` stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdempotencyState {
+    /// A request holds the key until `locked_until`.
+    InFlight,
+    /// The last attempt ended in a transient failure; a retry continues the same payment.
+    Retryable,
+    /// The answer is final and is replayed for every retry.
+    Done,
+}
+
+/// One `Idempotency-Key` of one user (IETF httpapi idempotency-key semantics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdempotencyRecord {
+    pub user_id: UserId,
+    /// SHA-256 of the key (hex): the key itself never reaches a storage key or a log.
+    pub key_hash: String,
+    /// SHA-256 of the canonical request body.
+    pub fingerprint: String,
+    /// The payment (or batch) this key created.
+    pub resource_id: String,
+    pub state: IdempotencyState,
+    pub locked_until: DateTime<Utc>,
+    pub response: Option<StoredResponse>,
+    pub created_at: DateTime<Utc>,
+    /// Kept at least this long; readers treat it as absent afterwards (TTL removes it a
+    /// day later).
+    pub keep_until: DateTime<Utc>,
     pub version: u64,
 }
 
@@ -180,8 +357,32 @@ pub trait PaymentStore: Send + Sync {
     async fn get(&self, user: &UserId, id: &PaymentId)
     -> Result<Option<PaymentRecord>, StoreError>;
     async fn list_for_user(&self, user: &UserId) -> Result<Vec<PaymentRecord>, StoreError>;
+    /// Up to `limit` of the user's payments, newest first, after `after` (a page's `next`),
+    /// only those in `state` if given.
+    async fn list_page(
+        &self,
+        user: &UserId,
+        state: Option<PaymentState>,
+        after: Option<&PaymentId>,
+        limit: usize,
+    ) -> Result<PaymentPage, StoreError>;
     /// Conditional replace, as [`ConsentStore::update`].
     async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError>;
+}
+
+/// `Idempotency-Key` records, per user.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Stores a new record (version 0); `AlreadyExists` if the key is taken (even by an
+    /// expired record, which the caller then replaces with [`Self::update`]).
+    async fn insert(&self, record: &IdempotencyRecord) -> Result<(), StoreError>;
+    async fn get(
+        &self,
+        user: &UserId,
+        key_hash: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// Conditional replace on `version`, as [`ConsentStore::update`].
+    async fn update(&self, record: &IdempotencyRecord) -> Result<IdempotencyRecord, StoreError>;
 }
 
 /// Single-use values (the nonce of a signed SCA `state`): the first `consume` of a value

@@ -1,0 +1,986 @@
+//! Unit tests of the payments service with in-memory doubles: validation, idempotency,
+//! crash recovery, the polling chain on a fake clock.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use async_trait::async_trait;
+use chrono::{Duration, Utc};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::bank::{
+    Account, Balance, ConsentCreated, ConsentDetails, ConsentRequest, PsuContext, ScaLink,
+    Transaction, TransactionQuery,
+};
+use crate::domain::{AccountId, BankConsentId, BankPaymentId, ConsentStatus};
+use crate::queue::{OutgoingMessage, QueueError};
+use crate::services::testing::{FixedClock, MemNotifications, SECRET, start, unused};
+
+// ---- doubles ---------------------------------------------------------------------
+
+#[derive(Default)]
+struct MemPayments {
+    items: Mutex<HashMap<(UserId, PaymentId), PaymentRecord>>,
+    /// Updates to fail (a crash at that write), counted down.
+    failing_updates: Mutex<u32>,
+}
+
+impl MemPayments {
+    fn one(&self, id: &PaymentId) -> PaymentRecord {
+        self.items
+            .lock()
+            .unwrap()
+            .values()
+            .find(|p| &p.payment_id == id)
+            .cloned()
+            .unwrap()
+    }
+
+    fn all(&self) -> Vec<PaymentRecord> {
+        self.items.lock().unwrap().values().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl PaymentStore for MemPayments {
+    async fn insert(&self, payment: &PaymentRecord) -> Result<(), StoreError> {
+        tokio::task::yield_now().await;
+        let mut items = self.items.lock().unwrap();
+        let key = (payment.user_id.clone(), payment.payment_id.clone());
+        if items.contains_key(&key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        items.insert(key, payment.clone());
+        Ok(())
+    }
+
+    async fn get(
+        &self,
+        user: &UserId,
+        id: &PaymentId,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        tokio::task::yield_now().await;
+        Ok(self
+            .items
+            .lock()
+            .unwrap()
+            .get(&(user.clone(), id.clone()))
+            .cloned())
+    }
+
+    async fn list_for_user(&self, user: &UserId) -> Result<Vec<PaymentRecord>, StoreError> {
+        Ok(self
+            .all()
+            .into_iter()
+            .filter(|p| &p.user_id == user)
+            .collect())
+    }
+
+    async fn list_page(
+        &self,
+        user: &UserId,
+        state: Option<PaymentState>,
+        after: Option<&PaymentId>,
+        limit: usize,
+    ) -> Result<PaymentPage, StoreError> {
+        let mut all = self.list_for_user(user).await?;
+        all.sort_by(|a, b| b.payment_id.cmp(&a.payment_id));
+        let mut payments: Vec<PaymentRecord> = all
+            .into_iter()
+            .filter(|p| after.is_none_or(|a| &p.payment_id < a))
+            .filter(|p| state.is_none_or(|s| p.state() == s))
+            .collect();
+        let more = payments.len() > limit;
+        payments.truncate(limit);
+        let next = more.then(|| payments.last().unwrap().payment_id.clone());
+        Ok(PaymentPage { payments, next })
+    }
+
+    async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError> {
+        tokio::task::yield_now().await;
+        {
+            let mut failing = self.failing_updates.lock().unwrap();
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(StoreError::Backend("injected crash".into()));
+            }
+        }
+        let mut items = self.items.lock().unwrap();
+        let key = (payment.user_id.clone(), payment.payment_id.clone());
+        let stored = items.get(&key).ok_or(StoreError::NotFound)?;
+        if stored.version != payment.version {
+            return Err(StoreError::VersionConflict {
+                expected: payment.version,
+            });
+        }
+        let mut next = payment.clone();
+        next.version += 1;
+        items.insert(key, next.clone());
+        Ok(next)
+    }
+}
+
+#[derive(Default)]
+struct MemKeys(Mutex<HashMap<(UserId, String), IdempotencyRecord>>);
+
+#[async_trait]
+impl IdempotencyStore for MemKeys {
+    async fn insert(&self, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        tokio::task::yield_now().await;
+        let mut items = self.0.lock().unwrap();
+        let key = (record.user_id.clone(), record.key_hash.clone());
+        if items.contains_key(&key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        items.insert(key, record.clone());
+        Ok(())
+    }
+
+    async fn get(
+        &self,
+        user: &UserId,
+        key_hash: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        tokio::task::yield_now().await;
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .get(&(user.clone(), key_hash.to_owned()))
+            .cloned())
+    }
+
+    async fn update(&self, record: &IdempotencyRecord) -> Result<IdempotencyRecord, StoreError> {
+        tokio::task::yield_now().await;
+        let mut items = self.0.lock().unwrap();
+        let key = (record.user_id.clone(), record.key_hash.clone());
+        let stored = items.get(&key).ok_or(StoreError::NotFound)?;
+        if stored.version != record.version {
+            return Err(StoreError::VersionConflict {
+                expected: record.version,
+            });
+        }
+        let mut next = record.clone();
+        next.version += 1;
+        items.insert(key, next.clone());
+        Ok(next)
+    }
+}
+
+/// A queue keeping every message with its delay.
+#[derive(Default)]
+struct DelayQueue(Mutex<Vec<(String, StdDuration)>>);
+
+impl DelayQueue {
+    fn take(&self) -> Vec<(PollMessage, StdDuration)> {
+        self.0
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|(body, delay)| (serde_json::from_str(&body).unwrap(), delay))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Queue for DelayQueue {
+    async fn send(&self, body: &str, delay: StdDuration) -> Result<String, QueueError> {
+        self.0.lock().unwrap().push((body.to_owned(), delay));
+        Ok("m".into())
+    }
+
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<(), QueueError> {
+        for m in messages {
+            self.send(&m.body, m.delay).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A bank that de-duplicates initiations by X-Request-ID (as the sandbox does) and
+/// answers status polls from a script (then repeats the last answer).
+struct PayBank {
+    id: BankId,
+    /// X-Request-ID → bank payment id.
+    created: Mutex<HashMap<RequestId, BankPaymentId>>,
+    initiation_calls: Mutex<u32>,
+    initiation_error: Mutex<Option<BankError>>,
+    statuses: Mutex<Vec<Result<TransactionStatus, BankError>>>,
+    status_calls: Mutex<u32>,
+}
+
+impl PayBank {
+    fn new(id: &str) -> Self {
+        Self {
+            id: BankId::parse(id).unwrap(),
+            created: Mutex::default(),
+            initiation_calls: Mutex::default(),
+            initiation_error: Mutex::default(),
+            statuses: Mutex::new(vec![Ok(TransactionStatus::Acsp)]),
+            status_calls: Mutex::default(),
+        }
+    }
+
+    fn payments_created(&self) -> usize {
+        self.created.lock().unwrap().len()
+    }
+
+    fn script(&self, answers: Vec<Result<TransactionStatus, BankError>>) {
+        *self.statuses.lock().unwrap() = answers;
+    }
+}
+
+#[async_trait]
+impl BankApi for PayBank {
+    fn bank_id(&self) -> &BankId {
+        &self.id
+    }
+    async fn create_consent(&self, _: &ConsentRequest) -> Result<ConsentCreated, BankError> {
+        Err(unused())
+    }
+    async fn get_consent(&self, _: &BankConsentId) -> Result<ConsentDetails, BankError> {
+        Err(unused())
+    }
+    async fn consent_status(&self, _: &BankConsentId) -> Result<ConsentStatus, BankError> {
+        Err(unused())
+    }
+    async fn delete_consent(&self, _: &BankConsentId) -> Result<(), BankError> {
+        Err(unused())
+    }
+    async fn accounts(&self, _: &BankConsentId, _: &PsuContext) -> Result<Vec<Account>, BankError> {
+        Err(unused())
+    }
+    async fn balances(
+        &self,
+        _: &BankConsentId,
+        _: &AccountId,
+        _: &PsuContext,
+    ) -> Result<Vec<Balance>, BankError> {
+        Err(unused())
+    }
+    async fn transactions(
+        &self,
+        _: &BankConsentId,
+        _: &AccountId,
+        _: &TransactionQuery,
+        _: &PsuContext,
+    ) -> Result<Vec<Transaction>, BankError> {
+        Err(unused())
+    }
+    async fn initiate_payment(
+        &self,
+        payment: &PaymentInitiation,
+    ) -> Result<PaymentInitiated, BankError> {
+        tokio::task::yield_now().await;
+        *self.initiation_calls.lock().unwrap() += 1;
+        if let Some(e) = self.initiation_error.lock().unwrap().clone() {
+            return Err(e);
+        }
+        let mut created = self.created.lock().unwrap();
+        let id = created
+            .entry(payment.request_id)
+            .or_insert_with(|| BankPaymentId::parse(&format!("bp-{}", Uuid::new_v4())).unwrap())
+            .clone();
+        Ok(PaymentInitiated {
+            payment_id: id.clone(),
+            status: TransactionStatus::Rcvd,
+            sca: Some(ScaLink::Redirect(
+                Url::parse(&format!("https://bank.example/sca/{id}")).unwrap(),
+            )),
+        })
+    }
+    async fn payment_status(
+        &self,
+        _: PaymentProduct,
+        _: &BankPaymentId,
+    ) -> Result<TransactionStatus, BankError> {
+        tokio::task::yield_now().await;
+        *self.status_calls.lock().unwrap() += 1;
+        let mut script = self.statuses.lock().unwrap();
+        if script.len() > 1 {
+            script.remove(0)
+        } else {
+            script[0].clone()
+        }
+    }
+}
+
+const REGISTRY: &str = r#"{"banks":[
+    {"id":"lt-alpha","name":"Alpha Bank","country":"LT","baseUrl":"http://127.0.0.1:8080/lt-alpha",
+     "paymentProducts":["sepa-credit-transfers","cross-border-credit-transfers"],
+     "paymentCurrencies":["EUR","USD"],"maxConsentDays":90,"frequencyPerDay":4}]}"#;
+
+struct H {
+    svc: Payments,
+    payments: Arc<MemPayments>,
+    keys: Arc<MemKeys>,
+    notes: Arc<MemNotifications>,
+    queue: Arc<DelayQueue>,
+    bank: Arc<PayBank>,
+    clock: Arc<FixedClock>,
+}
+
+fn harness() -> H {
+    let payments = Arc::new(MemPayments::default());
+    let keys = Arc::new(MemKeys::default());
+    let notes = Arc::new(MemNotifications::default());
+    let queue = Arc::new(DelayQueue::default());
+    let bank = Arc::new(PayBank::new("lt-alpha"));
+    let clock = Arc::new(FixedClock(Mutex::new(start())));
+    let mut banks: HashMap<BankId, Arc<dyn BankApi>> = HashMap::new();
+    banks.insert(bank.id.clone(), bank.clone());
+    let config = PaymentsConfig::from_lookup(|name| match name {
+        "REDIRECT_ALLOW_LIST" => Some("https://app.example".into()),
+        _ => None,
+    })
+    .unwrap();
+    let svc = Payments::new(PaymentsDeps {
+        payments: payments.clone(),
+        idempotency: keys.clone(),
+        notifications: notes.clone(),
+        webhooks: None,
+        status_queue: queue.clone(),
+        banks,
+        registry: BankRegistry::from_json(REGISTRY).unwrap(),
+        signer: StateSigner::new(SECRET).unwrap(),
+        config,
+        clock: clock.clone(),
+    });
+    H {
+        svc,
+        payments,
+        keys,
+        notes,
+        queue,
+        bank,
+        clock,
+    }
+}
+
+fn alice() -> UserId {
+    UserId::parse("alice").unwrap()
+}
+
+const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+
+fn body() -> Value {
+    json!({
+        "bankId": "lt-alpha",
+        "debtorAccount": {"iban": "LT121000011101001000"},
+        "instructedAmount": {"amount": "12.30", "currency": "EUR"},
+        "creditorAccount": {"iban": "DE89370400440532013000"},
+        "creditorName": "Ona Onaitė",
+        "remittanceInformationUnstructured": "Invoice 42",
+        "redirectUrl": "https://app.example/paid"
+    })
+}
+
+impl H {
+    async fn pay(&self, key: &str, body: &Value) -> Result<StoredResponse, ServiceError> {
+        self.svc
+            .initiate(&alice(), Some(key), body.to_string().as_bytes(), IP)
+            .await
+    }
+
+    fn created_id(answer: &StoredResponse) -> PaymentId {
+        let v: Value = serde_json::from_str(&answer.body).unwrap();
+        PaymentId::parse(v["paymentId"].as_str().unwrap()).unwrap()
+    }
+
+    /// Delivers every queued poll message once, advancing the clock by the smallest delay
+    /// first; returns the outcomes.
+    async fn deliver_all(&self) -> Vec<PollOutcome> {
+        let mut outcomes = vec![];
+        for (message, delay) in self.queue.take() {
+            self.clock.advance(Duration::from_std(delay).unwrap());
+            outcomes.push(self.svc.poll(&message).await.unwrap());
+        }
+        outcomes
+    }
+}
+
+fn field_errors(e: ServiceError) -> Vec<String> {
+    match e {
+        ServiceError::Validation(errors) => errors.into_iter().map(|e| e.field).collect(),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+// ---- validation ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn bad_input_names_the_field_and_reaches_no_bank() {
+    let h = harness();
+    let with = |pointer: &str, value: Value| {
+        let mut b = body();
+        *b.pointer_mut(pointer).unwrap() = value;
+        b
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            with("/debtorAccount/iban", json!("LT121000011101001001")),
+            "debtorAccount.iban",
+        ),
+        (
+            with("/creditorAccount/iban", json!("not an iban")),
+            "creditorAccount.iban",
+        ),
+        (
+            with("/instructedAmount/amount", json!("0")),
+            "instructedAmount.amount",
+        ),
+        (
+            with("/instructedAmount/amount", json!("-5")),
+            "instructedAmount.amount",
+        ),
+        (
+            with("/instructedAmount/amount", json!("1.234")),
+            "instructedAmount.amount",
+        ),
+        (
+            with("/instructedAmount/amount", json!(12.3)),
+            "instructedAmount.amount",
+        ),
+        (
+            with("/instructedAmount/currency", json!("XYZ")),
+            "instructedAmount.currency",
+        ),
+        // Supported by the bank, but not for SEPA.
+        (
+            with("/instructedAmount/currency", json!("USD")),
+            "instructedAmount.currency",
+        ),
+        (
+            with("/instructedAmount/currency", json!("GBP")),
+            "instructedAmount.currency",
+        ),
+        (with("/creditorName", json!("")), "creditorName"),
+        (with("/creditorName", json!("x".repeat(71))), "creditorName"),
+        (with("/creditorName", json!("Ona\u{0}")), "creditorName"),
+        (
+            with("/remittanceInformationUnstructured", json!("r".repeat(141))),
+            "remittanceInformationUnstructured",
+        ),
+        (with("/bankId", json!("no-such-bank")), "bankId"),
+        (
+            with("/redirectUrl", json!("https://evil.example/x")),
+            "redirectUrl",
+        ),
+        (json!({"bankId": "lt-alpha"}), "debtorAccount"),
+    ];
+    for (i, (b, field)) in cases.into_iter().enumerate() {
+        let e = h.pay(&format!("key-{i}"), &b).await.unwrap_err();
+        let fields = field_errors(e);
+        assert!(fields.contains(&field.to_owned()), "{field}: {fields:?}");
+    }
+    // Cross-border in USD is fine for this bank.
+    let mut usd = with("/instructedAmount/currency", json!("USD"));
+    usd["paymentProduct"] = json!("cross-border-credit-transfers");
+    assert_eq!(h.pay("usd", &usd).await.unwrap().status, 201);
+
+    let e = h
+        .svc
+        .initiate(&alice(), None, body().to_string().as_bytes(), IP)
+        .await
+        .unwrap_err();
+    assert_eq!(field_errors(e), vec!["Idempotency-Key"]);
+    let e = h
+        .svc
+        .initiate(&alice(), Some("k"), b"{not json", IP)
+        .await
+        .unwrap_err();
+    assert_eq!(field_errors(e), vec!["body"]);
+    let mut huge = body();
+    huge["remittanceInformationUnstructured"] = json!("r".repeat(70 * 1024));
+    let e = h.pay("huge", &huge).await.unwrap_err();
+    assert_eq!(field_errors(e), vec!["body"]);
+    // Only the USD payment reached the bank.
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 1);
+    assert_eq!(h.payments.all().len(), 1);
+}
+
+// ---- idempotency --------------------------------------------------------------------
+
+#[tokio::test]
+async fn same_key_same_body_replays_other_body_is_422_in_flight_is_409() {
+    let h = harness();
+    let first = h.pay("k1", &body()).await.unwrap();
+    assert_eq!(first.status, 201);
+    let again = h.pay("k1", &body()).await.unwrap();
+    assert_eq!(again, first, "the same answer, byte for byte");
+    let mut other = body();
+    other["instructedAmount"]["amount"] = json!("99.00");
+    assert_eq!(h.pay("k1", &other).await.unwrap().status, 422);
+    // Keys are per user.
+    let bob = h
+        .svc
+        .initiate(
+            &UserId::parse("bob").unwrap(),
+            Some("k1"),
+            body().to_string().as_bytes(),
+            IP,
+        )
+        .await
+        .unwrap();
+    assert_eq!(bob.status, 201);
+    assert_ne!(H::created_id(&bob), H::created_id(&first));
+    assert_eq!(h.bank.payments_created(), 2);
+
+    // A request holding the key: 409 until its lock expires.
+    let hash = sha256_hex(b"k2");
+    h.keys.0.lock().unwrap().insert(
+        (alice(), hash.clone()),
+        IdempotencyRecord {
+            user_id: alice(),
+            key_hash: hash,
+            fingerprint: sha256_hex(
+                serde_json::to_string(&h.svc.validate(body().to_string().as_bytes()).unwrap())
+                    .unwrap()
+                    .as_bytes(),
+            ),
+            resource_id: new_payment_id().into_string(),
+            state: IdempotencyState::InFlight,
+            locked_until: h.clock.now() + Duration::seconds(60),
+            response: None,
+            created_at: h.clock.now(),
+            keep_until: h.clock.now() + Duration::hours(48),
+            version: 0,
+        },
+    );
+    assert_eq!(h.pay("k2", &body()).await.unwrap().status, 409);
+    h.clock.advance(Duration::seconds(61));
+    assert_eq!(h.pay("k2", &body()).await.unwrap().status, 201);
+    // After the keep time the key is forgotten and starts a new payment.
+    h.clock.advance(Duration::hours(49));
+    let later = h.pay("k1", &body()).await.unwrap();
+    assert_ne!(H::created_id(&later), H::created_id(&first));
+}
+
+#[tokio::test]
+async fn ten_concurrent_requests_with_one_key_make_one_payment() {
+    let h = Arc::new(harness());
+    let mut tasks = vec![];
+    for _ in 0..10 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move { h.pay("same", &body()).await }));
+    }
+    let mut statuses = vec![];
+    for t in tasks {
+        statuses.push(t.await.unwrap().unwrap().status);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&201));
+    assert_eq!(h.bank.payments_created(), 1);
+    assert_eq!(h.payments.all().len(), 1);
+}
+
+// ---- crash safety -------------------------------------------------------------------
+
+#[tokio::test]
+async fn crash_after_the_bank_call_retry_with_the_key_makes_no_second_payment() {
+    let h = harness();
+    // The write recording the bank's answer fails (as if the Lambda died there).
+    let key = "crash";
+    // Run the initiation step by step: let the first update (sent mark) pass, fail the
+    // second (the bank's answer).
+    let svc = &h.svc;
+    let payments = h.payments.clone();
+    let watcher = tokio::spawn(async move {
+        loop {
+            let sent = payments.all().iter().any(|p| p.poll.sent);
+            if sent {
+                *payments.failing_updates.lock().unwrap() = 1;
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let first = svc
+        .initiate(&alice(), Some(key), body().to_string().as_bytes(), IP)
+        .await;
+    watcher.await.unwrap();
+    assert!(first.is_err(), "{first:?}");
+    assert_eq!(h.bank.payments_created(), 1, "the bank has it");
+    let recorded = h.payments.all();
+    assert_eq!(recorded.len(), 1);
+    assert!(
+        recorded[0].bank_payment_id.is_none(),
+        "we did not record it"
+    );
+
+    // The retry with the same key sends the same X-Request-ID: still one payment.
+    let retry = h.pay(key, &body()).await.unwrap();
+    assert_eq!(retry.status, 201);
+    assert_eq!(h.bank.payments_created(), 1);
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 2);
+    let payment = h.payments.one(&H::created_id(&retry));
+    assert!(payment.bank_payment_id.is_some());
+}
+
+#[tokio::test]
+async fn the_poller_finishes_an_initiation_whose_caller_died() {
+    let h = harness();
+    let payments = h.payments.clone();
+    let watcher = tokio::spawn(async move {
+        loop {
+            if payments.all().iter().any(|p| p.poll.sent) {
+                *payments.failing_updates.lock().unwrap() = 1;
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(h.pay("died", &body()).await.is_err());
+    watcher.await.unwrap();
+    // The first poll (5 s later) sees the lease still live and waits for it.
+    let outcomes = h.deliver_all().await;
+    assert_eq!(outcomes, vec![PollOutcome::Continued]);
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 1);
+    // After the lease: the poller repeats the initiation (same X-Request-ID).
+    let outcomes = h.deliver_all().await;
+    assert_eq!(outcomes, vec![PollOutcome::Continued]);
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 2);
+    assert_eq!(h.bank.payments_created(), 1);
+    let p = &h.payments.all()[0];
+    assert!(p.bank_payment_id.is_some());
+    assert_eq!(p.state(), PaymentState::AwaitingAuthorisation);
+}
+
+#[tokio::test]
+async fn a_bank_refusal_is_final_and_replayed_a_transient_failure_is_retryable() {
+    let h = harness();
+    *h.bank.initiation_error.lock().unwrap() = Some(BankError::FormatError {
+        code: "FORMAT_ERROR".into(),
+        message: "m".into(),
+    });
+    let refused = h.pay("refused", &body()).await.unwrap();
+    assert_eq!(refused.status, 502);
+    assert_eq!(h.pay("refused", &body()).await.unwrap(), refused);
+    assert_eq!(
+        *h.bank.initiation_calls.lock().unwrap(),
+        1,
+        "not sent again"
+    );
+
+    *h.bank.initiation_error.lock().unwrap() = Some(BankError::Unavailable {
+        status: Some(503),
+        retry_after: None,
+    });
+    let down = h.pay("down", &body()).await.unwrap_err();
+    assert!(matches!(down, ServiceError::Bank(_)));
+    *h.bank.initiation_error.lock().unwrap() = None;
+    let ok = h.pay("down", &body()).await.unwrap();
+    assert_eq!(ok.status, 201);
+    assert_eq!(h.bank.payments_created(), 1);
+    // The poll chain of the refused payment stops at once.
+    let outcomes = h.deliver_all().await;
+    assert!(outcomes.contains(&PollOutcome::Stopped), "{outcomes:?}");
+}
+
+// ---- polling ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_schedule_on_a_fake_clock_5s_30s_5min_then_gives_up_at_24h() {
+    let h = harness();
+    let answer = h.pay("slow", &body()).await.unwrap();
+    let id = H::created_id(&answer);
+    let started = h.clock.now();
+    let mut delays = vec![];
+    let mut polls = 0;
+    loop {
+        let mut messages = h.queue.take();
+        assert!(messages.len() <= 1, "one live chain");
+        let Some((message, delay)) = messages.pop() else {
+            break;
+        };
+        delays.push(delay.as_secs());
+        h.clock.advance(Duration::from_std(delay).unwrap());
+        h.svc.poll(&message).await.unwrap();
+        polls += 1;
+    }
+    // 12 polls in the first minute, 8 until 5 minutes, 287 until 24 hours.
+    assert_eq!(polls, 307);
+    assert_eq!(*h.bank.status_calls.lock().unwrap(), 307);
+    assert!(delays[..12].iter().all(|d| *d == 5), "{:?}", &delays[..12]);
+    assert!(delays[12..20].iter().all(|d| *d == 30));
+    assert!(delays[20..].iter().all(|d| *d == 300));
+    assert_eq!(h.clock.now() - started, Duration::hours(24));
+    let p = h.payments.one(&id);
+    assert_eq!(p.state(), PaymentState::Unknown);
+    assert_eq!(p.poll.bank_calls, 307);
+    assert_eq!(h.notes.of_kind("payment.status_unknown").len(), 1);
+}
+
+#[tokio::test]
+async fn a_final_status_notifies_once_and_stops_the_chain() {
+    let h = harness();
+    let id = H::created_id(&h.pay("fin", &body()).await.unwrap());
+    h.bank.script(vec![
+        Ok(TransactionStatus::Rcvd),
+        Ok(TransactionStatus::Actc),
+        Ok(TransactionStatus::Acsc),
+    ]);
+    let mut outcomes = vec![];
+    for _ in 0..5 {
+        outcomes.extend(h.deliver_all().await);
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            PollOutcome::Continued,
+            PollOutcome::Continued,
+            PollOutcome::Final
+        ]
+    );
+    let p = h.payments.one(&id);
+    assert_eq!(p.status, Some(TransactionStatus::Acsc));
+    let codes: Vec<_> = p.history.iter().map(|e| e.status).collect();
+    assert_eq!(
+        codes,
+        vec![
+            TransactionStatus::Rcvd,
+            TransactionStatus::Actc,
+            TransactionStatus::Acsc
+        ]
+    );
+    assert_eq!(h.notes.of_kind("payment.completed").len(), 1);
+    assert_eq!(*h.bank.status_calls.lock().unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_message_delivered_three_times_makes_one_step() {
+    let h = harness();
+    h.pay("dup", &body()).await.unwrap();
+    h.bank.script(vec![Ok(TransactionStatus::Acsc)]);
+    let (message, delay) = h.queue.take().pop().unwrap();
+    h.clock.advance(Duration::from_std(delay).unwrap());
+    let mut outcomes = vec![];
+    for _ in 0..3 {
+        outcomes.push(h.svc.poll(&message).await.unwrap());
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            PollOutcome::Final,
+            PollOutcome::Dropped,
+            PollOutcome::Dropped
+        ]
+    );
+    assert_eq!(h.notes.of_kind("payment.completed").len(), 1);
+    assert!(h.queue.take().is_empty(), "no second chain");
+
+    // A non-final step delivered three times queues one next message.
+    let h = harness();
+    h.pay("dup2", &body()).await.unwrap();
+    let (message, delay) = h.queue.take().pop().unwrap();
+    h.clock.advance(Duration::from_std(delay).unwrap());
+    let mut outcomes = vec![];
+    for _ in 0..3 {
+        outcomes.push(h.svc.poll(&message).await.unwrap());
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            PollOutcome::Continued,
+            PollOutcome::Dropped,
+            PollOutcome::Dropped
+        ]
+    );
+    assert_eq!(h.queue.take().len(), 1);
+    assert_eq!(*h.bank.status_calls.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_step_that_crashed_before_sending_is_resent_by_its_redelivery() {
+    let h = harness();
+    h.pay("resend", &body()).await.unwrap();
+    let (message, delay) = h.queue.take().pop().unwrap();
+    h.clock.advance(Duration::from_std(delay).unwrap());
+    // The queue is down for the next send: the step fails after advancing the generation.
+    let failing = Arc::new(FailingOnce::default());
+    let svc = Payments {
+        status_queue: failing.clone(),
+        ..h.svc
+    };
+    assert!(svc.poll(&message).await.is_err());
+    // An immediate redelivery (a duplicate) is dropped: the step may still be running.
+    assert_eq!(svc.poll(&message).await.unwrap(), PollOutcome::Dropped);
+    // The redelivery after the visibility timeout resends the missing message.
+    h.clock.advance(Duration::seconds(180));
+    assert_eq!(svc.poll(&message).await.unwrap(), PollOutcome::Resent);
+    let sent = failing.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    let next: PollMessage = serde_json::from_str(&sent[0]).unwrap();
+    assert_eq!(next.generation, message.generation + 1);
+    // And the resent message is the live one.
+    assert_eq!(svc.poll(&next).await.unwrap(), PollOutcome::Continued);
+}
+
+#[derive(Default)]
+struct FailingOnce {
+    failed: Mutex<bool>,
+    sent: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Queue for FailingOnce {
+    async fn send(&self, body: &str, _: StdDuration) -> Result<String, QueueError> {
+        let mut failed = self.failed.lock().unwrap();
+        if !*failed {
+            *failed = true;
+            return Err(QueueError::Backend("injected".into()));
+        }
+        self.sent.lock().unwrap().push(body.to_owned());
+        Ok("m".into())
+    }
+
+    async fn send_batch(&self, _: &[OutgoingMessage]) -> Result<(), QueueError> {
+        Err(QueueError::Backend("unused".into()))
+    }
+}
+
+#[tokio::test]
+async fn bank_errors_back_off_and_429_honours_retry_after() {
+    let h = harness();
+    h.pay("errs", &body()).await.unwrap();
+    h.bank.script(vec![
+        Err(BankError::AccessExceeded {
+            retry_after: Some(StdDuration::from_secs(40)),
+        }),
+        Err(BankError::Timeout(StdDuration::from_secs(5))),
+        Ok(TransactionStatus::Acsp),
+    ]);
+    let (m, d) = h.queue.take().pop().unwrap();
+    h.clock.advance(Duration::from_std(d).unwrap());
+    h.svc.poll(&m).await.unwrap();
+    let (m, d) = h.queue.take().pop().unwrap();
+    assert_eq!(d, StdDuration::from_secs(40), "Retry-After honoured");
+    h.clock.advance(Duration::from_std(d).unwrap());
+    h.svc.poll(&m).await.unwrap();
+    let (m, d) = h.queue.take().pop().unwrap();
+    // Second consecutive error: 4..6 s backoff vs the 30 s schedule phase (elapsed 45 s
+    // is still the first minute: 5 s) → the backoff.
+    assert!(
+        d >= StdDuration::from_secs(5) && d <= StdDuration::from_secs(6),
+        "{d:?}"
+    );
+    h.clock.advance(Duration::from_std(d).unwrap());
+    h.svc.poll(&m).await.unwrap();
+    let p = &h.payments.all()[0];
+    assert_eq!(p.poll.errors, 0, "reset by an answer");
+    assert_eq!(p.status, Some(TransactionStatus::Acsp));
+}
+
+// ---- callback and reads -------------------------------------------------------------
+
+#[tokio::test]
+async fn the_callback_restarts_the_chain_and_redirects_with_the_state() {
+    let h = harness();
+    let id = H::created_id(&h.pay("cb", &body()).await.unwrap());
+    let (old, _) = h.queue.take().pop().unwrap();
+    h.bank.script(vec![Ok(TransactionStatus::Actc)]);
+    let state = ScaState::new(
+        StateSubject::Payment {
+            user: alice(),
+            payment: id.clone(),
+        },
+        h.clock.now() + Duration::minutes(30),
+        Some(Url::parse("https://app.example/paid").unwrap()),
+    );
+    let outcome = h.svc.sca_callback(state).await;
+    let CallbackOutcome::Redirect { location } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        location.as_str().contains("status=in_progress"),
+        "{location}"
+    );
+    assert!(location.as_str().contains(id.as_str()));
+    let fresh = h.queue.take();
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(fresh[0].1, StdDuration::ZERO, "an immediate poll");
+    // The old chain's message is now stale.
+    assert_eq!(h.svc.poll(&old).await.unwrap(), PollOutcome::Dropped);
+    assert_eq!(
+        h.svc.poll(&fresh[0].0).await.unwrap(),
+        PollOutcome::Continued
+    );
+}
+
+#[tokio::test]
+async fn reads_are_per_user_and_list_newest_first_with_a_cursor() {
+    let h = harness();
+    let mut ids = vec![];
+    for i in 0..5 {
+        ids.push(H::created_id(
+            &h.pay(&format!("r{i}"), &body()).await.unwrap(),
+        ));
+        h.clock.advance(Duration::milliseconds(5));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let view = h.svc.get(&alice(), ids[0].as_str()).await.unwrap();
+    assert_eq!(view.state, PaymentState::AwaitingAuthorisation);
+    assert!(view.auth_url.is_some());
+    assert!(
+        view.debtor_account.iban.contains('*')
+            || view.debtor_account.iban.contains('…')
+            || !view.debtor_account.iban.contains("1000011101001000")
+    );
+    let bob = UserId::parse("bob").unwrap();
+    assert!(matches!(
+        h.svc.get(&bob, ids[0].as_str()).await,
+        Err(ServiceError::NotFound)
+    ));
+    assert!(matches!(
+        h.svc.get(&alice(), "../etc/passwd").await,
+        Err(ServiceError::NotFound)
+    ));
+    let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let page = h.svc.list(&alice(), &q(&[("limit", "3")])).await.unwrap();
+    let got: Vec<_> = page.payments.iter().map(|p| p.payment_id.clone()).collect();
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(got, newest_first[..3]);
+    let cursor = page.next_cursor.unwrap();
+    let rest = h
+        .svc
+        .list(&alice(), &q(&[("limit", "3"), ("cursor", &cursor)]))
+        .await
+        .unwrap();
+    assert_eq!(rest.payments.len(), 2);
+    assert!(rest.next_cursor.is_none());
+    let rcvd = h
+        .svc
+        .list(&alice(), &q(&[("status", "RCVD")]))
+        .await
+        .unwrap();
+    assert_eq!(rcvd.payments.len(), 5);
+    let done = h
+        .svc
+        .list(&alice(), &q(&[("status", "completed")]))
+        .await
+        .unwrap();
+    assert!(done.payments.is_empty());
+    for bad in [
+        ("limit", "0"),
+        ("limit", "10000"),
+        ("cursor", "garbage"),
+        ("status", "nope"),
+    ] {
+        let e = h.svc.list(&alice(), &q(&[bad])).await.unwrap_err();
+        assert_eq!(field_errors(e), vec![bad.0.to_owned()]);
+    }
+    assert!(h.svc.list(&bob, &q(&[])).await.unwrap().payments.is_empty());
+    let _ = Utc::now();
+}
