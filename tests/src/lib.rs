@@ -357,6 +357,47 @@ impl Bundle {
         )
     }
 
+    /// `POST /v1/payments` as `user` with `Idempotency-Key: key` (none if `None`); returns
+    /// the status and the parsed answer.
+    pub async fn pay(&self, user: &str, key: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .post(self.rt.url("/v1/payments"))
+            .bearer_auth(self.token(user))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// How many distinct payments `bank` has created (the sandbox's counts).
+    pub async fn payment_initiations(&self, bank: &str) -> u64 {
+        let counts = self.sandbox.get_json("counts").await;
+        counts["paymentInitiations"][bank].as_u64().unwrap_or(0)
+    }
+
+    /// How many requests the sandbox received whose path contains `fragment`, among the
+    /// last 1000 (its request log).
+    pub async fn bank_requests_matching(&self, fragment: &str) -> usize {
+        let log = self.sandbox.get_json("requests").await;
+        log.as_array()
+            .map(|requests| {
+                requests
+                    .iter()
+                    .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(fragment)))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// `POST /v1/connections` as `user`; asserts 201 and returns the created connection.
     pub async fn connect(&self, user: &str, body: serde_json::Value) -> serde_json::Value {
         let (status, created) = self
