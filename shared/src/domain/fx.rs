@@ -172,10 +172,7 @@ impl RateTable {
                 }
                 continue;
             }
-            if table
-                .insert(currency.code(), (currency, rate.normalize()))
-                .is_some()
-            {
+            if table.insert(currency.code(), (currency, rate)).is_some() {
                 return Err(FxError::DuplicateRate { currency });
             }
         }
