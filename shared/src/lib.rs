@@ -2,6 +2,7 @@
 //!
 //! Layers (see docs/architecture.md):
 //! - [`domain`]: pure types and rules (money, IBAN, ids, consent state machine, payment status);
+//! - [`fx`]: the `RateSource` port for exchange rates and its cached ECB adapter;
 //! - [`bank`]: the `BankApi` port, the bank registry and the Berlin Group 1.3 connector;
 //! - [`store`]: consent and payment stores (DynamoDB adapters);
 //! - [`queue`]: the queue port and its SQS adapter;
@@ -15,6 +16,7 @@
 pub mod aws;
 pub mod bank;
 pub mod domain;
+pub mod fx;
 pub mod http;
 pub mod queue;
 pub mod sca_state;

@@ -14,6 +14,7 @@
 
 pub mod consent;
 pub mod error;
+pub mod fx;
 pub mod iban;
 pub mod ids;
 pub mod money;
@@ -22,6 +23,7 @@ pub mod polling;
 
 pub use self::consent::{ConsentEvent, ConsentState, ConsentStatus, ConsentTransitionError};
 pub use self::error::{DomainError, MAX_ECHO_CHARS};
+pub use self::fx::{Converted, FxError, RateTable, sum_in};
 pub use self::iban::Iban;
 pub use self::ids::{
     AccountId, BankConsentId, BankId, BankPaymentId, BatchId, ConsentId, NotificationId, PaymentId,
