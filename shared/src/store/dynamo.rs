@@ -20,7 +20,7 @@ use super::{
 };
 use crate::domain::{ConsentId, ConsentState, PaymentId, UserId};
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 /// Number of partitions the consent indexes spread one day (one hour) over, so that a
 /// popular expiry day is not one hot partition.
@@ -32,25 +32,25 @@ pub const RENEWAL_INDEX: &str = "ByValidUntil";
 /// template.yaml), read by the health job.
 pub const HEALTH_INDEX: &str = "ByHealthHour";
 
-fn user_pk(user: &UserId) -> String {
+pub(super) fn user_pk(user: &UserId) -> String {
     format!("USER#{}", user.as_str())
 }
 
-fn s(value: impl Into<String>) -> AttributeValue {
+pub(super) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn backend<E: std::error::Error + 'static>(
+pub(super) fn backend<E: std::error::Error + 'static>(
     err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
 ) -> StoreError {
     StoreError::Backend(aws_sdk_dynamodb::error::DisplayErrorContext(&err).to_string())
 }
 
-fn to_item<T: Serialize>(record: &T) -> Result<Item, StoreError> {
+pub(super) fn to_item<T: Serialize>(record: &T) -> Result<Item, StoreError> {
     serde_dynamo::to_item(record).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError> {
+pub(super) fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError> {
     serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -127,7 +127,7 @@ fn is_condition_failure(
     )
 }
 
-async fn get_item<T: DeserializeOwned>(
+pub(super) async fn get_item<T: DeserializeOwned>(
     client: &Client,
     table: &str,
     pk: String,
@@ -146,7 +146,7 @@ async fn get_item<T: DeserializeOwned>(
 }
 
 /// All items of one partition whose sort key starts with `prefix`, every page.
-async fn query_prefix<T: DeserializeOwned>(
+pub(super) async fn query_prefix<T: DeserializeOwned>(
     client: &Client,
     table: &str,
     pk: String,

@@ -4,6 +4,7 @@
 //! version N can only replace version N, so concurrent or repeated Lambdas can never
 //! double-apply a change. Keys and access patterns: docs/data-model.md.
 
+pub mod bank_data;
 pub mod dynamo;
 
 use std::net::IpAddr;
@@ -18,6 +19,10 @@ use crate::domain::{
     PaymentId, RequestId, TransactionStatus, UserId,
 };
 
+pub use bank_data::{
+    AccessKind, AccountsSnapshot, BalancesSnapshot, BankDataStore, DynamoBankDataStore,
+    SnapshotMeta, StoredTransaction, TransactionsMeta,
+};
 pub use dynamo::{
     DynamoConsentStore, DynamoIdempotencyStore, DynamoNonceStore, DynamoNotificationStore,
     DynamoPaymentStore,

@@ -1,0 +1,505 @@
+//! Cached bank data (snapshots of accounts, balances and transactions per connection) and
+//! the daily counters of background accesses, in the bank data table.
+//!
+//! One partition per connection: `pk = DATA#{userId}#{consentId}`. Sort keys:
+//! `META#ACCOUNTS`, `META#BALANCES`, `META#TRANSACTIONS` (small items: what was fetched and
+//! when), `TX#{accountId}#{YYYY-MM}#{part}` (booked transactions of one month, up to
+//! [`CHUNK_LEN`] per part), `TX#{accountId}#PENDING` (the pending set, replaced whole at
+//! every refresh) and `USAGE#{YYYY-MM-DD}#{kind}` (atomic counters of reads without the
+//! PSU). Snapshot payloads are compact JSON strings in a `data` attribute. Everything
+//! carries `expiresAt` (TTL): snapshots a month after their last refresh, counters two days.
+//! A revoked connection's partition is deleted ([`BankDataStore::purge`]).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+
+use super::StoreError;
+use super::dynamo::{Item, backend, s};
+use crate::bank::{Account, Balance, Transaction};
+use crate::domain::{AccountId, ConsentId, UserId};
+
+/// Largest number of transactions in one stored item (keeps items far below 400 KB).
+pub const CHUNK_LEN: usize = 400;
+/// Snapshots are dropped (TTL) this long after their last refresh.
+pub const SNAPSHOT_TTL_DAYS: i64 = 31;
+
+/// The account list of one connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountsSnapshot {
+    pub accounts: Vec<Account>,
+    pub fetched_at: DateTime<Utc>,
+}
+
+/// The balances of every account of one connection, fetched together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BalancesSnapshot {
+    /// Keyed by the bank's account id.
+    pub balances: BTreeMap<String, Vec<Balance>>,
+    pub fetched_at: DateTime<Utc>,
+}
+
+/// What the stored transactions of one connection cover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionsMeta {
+    pub fetched_at: DateTime<Utc>,
+    /// The first booking day fetched (the history starts here).
+    pub covered_from: NaiveDate,
+}
+
+/// One stored transaction: the bank's data plus our stable id and its account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredTransaction {
+    /// The bank's `transactionId`, else a fingerprint (`fp-…`, see the aggregation service).
+    pub id: String,
+    pub account_id: AccountId,
+    pub tx: Transaction,
+}
+
+/// The small items of one connection's snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    pub accounts: Option<AccountsSnapshot>,
+    pub balances: Option<BalancesSnapshot>,
+    pub transactions: Option<TransactionsMeta>,
+}
+
+/// The kinds of bank reads counted against a consent's daily `frequencyPerDay`. Each kind
+/// reads each resource of the connection once (the account list; every account's balances;
+/// every account's transactions), so counting per kind bounds every resource's count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AccessKind {
+    Accounts,
+    Balances,
+    Transactions,
+}
+
+impl AccessKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessKind::Accounts => "accounts",
+            AccessKind::Balances => "balances",
+            AccessKind::Transactions => "transactions",
+        }
+    }
+}
+
+/// Snapshots and access counters (module docs).
+#[async_trait]
+pub trait BankDataStore: Send + Sync {
+    /// The accounts, balances and transactions meta items of a connection.
+    async fn read_meta(&self, user: &UserId, consent: &ConsentId)
+    -> Result<SnapshotMeta, StoreError>;
+    async fn put_accounts(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        snapshot: &AccountsSnapshot,
+    ) -> Result<(), StoreError>;
+    async fn put_balances(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        snapshot: &BalancesSnapshot,
+    ) -> Result<(), StoreError>;
+    /// Every stored transaction of the connection (booked and pending).
+    async fn read_transactions(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+    ) -> Result<Vec<StoredTransaction>, StoreError>;
+    /// Replaces the booked transactions of `account` in the months present in `booked`
+    /// (the caller merged them with what was stored) and the account's pending set.
+    async fn put_transactions(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        account: &AccountId,
+        booked: &[StoredTransaction],
+        pending: &[StoredTransaction],
+    ) -> Result<(), StoreError>;
+    async fn put_transactions_meta(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        meta: &TransactionsMeta,
+    ) -> Result<(), StoreError>;
+    /// Takes one read of `kind` from the connection's budget for `day` (atomically):
+    /// `false` when `limit` reads were taken already.
+    async fn claim_access(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        kind: AccessKind,
+        day: NaiveDate,
+        limit: u32,
+    ) -> Result<bool, StoreError>;
+    /// Reads of `kind` taken on `day`.
+    async fn accesses(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        kind: AccessKind,
+        day: NaiveDate,
+    ) -> Result<u32, StoreError>;
+    /// Deletes everything stored for the connection; the number of items deleted.
+    async fn purge(&self, user: &UserId, consent: &ConsentId) -> Result<usize, StoreError>;
+}
+
+/// Groups booked transactions into stored items: `(sort key suffix, transactions)`, one
+/// per month and part of at most [`CHUNK_LEN`], in a stable order.
+pub fn chunks(booked: &[StoredTransaction]) -> Vec<(String, Vec<&StoredTransaction>)> {
+    let mut by_month: BTreeMap<String, Vec<&StoredTransaction>> = BTreeMap::new();
+    for t in booked {
+        let day = t.tx.booking_date.or(t.tx.value_date);
+        let month = day.map_or_else(|| "undated".to_owned(), |d| d.format("%Y-%m").to_string());
+        by_month.entry(month).or_default().push(t);
+    }
+    let mut out = Vec::new();
+    for (month, mut items) in by_month {
+        items.sort_by(|a, b| a.id.cmp(&b.id));
+        for (part, chunk) in items.chunks(CHUNK_LEN).enumerate() {
+            out.push((format!("{month}#{part:03}"), chunk.to_vec()));
+        }
+    }
+    out
+}
+
+/// The DynamoDB adapter (module docs).
+#[derive(Clone, Debug)]
+pub struct DynamoBankDataStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoBankDataStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    fn pk(user: &UserId, consent: &ConsentId) -> String {
+        format!("DATA#{}#{}", user.as_str(), consent.as_str())
+    }
+
+    async fn put_data<T: Serialize>(
+        &self,
+        pk: String,
+        sk: String,
+        data: &T,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.put_json(pk, sk, to_json(data)?, expires_at).await
+    }
+
+    async fn put_json(
+        &self,
+        pk: String,
+        sk: String,
+        json: String,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(pk))
+            .item("sk", s(sk))
+            .item("data", s(json))
+            .item("expiresAt", AttributeValue::N(expires_at.to_string()))
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Every item of the partition whose sort key starts with `prefix` (all pages).
+    async fn query(&self, pk: &str, prefix: &str, keys_only: bool) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":prefix", s(prefix))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            if keys_only {
+                query = query.projection_expression("pk, sk");
+            }
+            let page = query.send().await.map_err(backend)?;
+            out.extend(page.items.unwrap_or_default());
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn delete_keys(&self, keys: Vec<(String, String)>) -> Result<(), StoreError> {
+        for batch in keys.chunks(25) {
+            let mut requests: Vec<WriteRequest> = batch
+                .iter()
+                .map(|(pk, sk)| {
+                    WriteRequest::builder()
+                        .delete_request(
+                            DeleteRequest::builder()
+                                .key("pk", s(pk.clone()))
+                                .key("sk", s(sk.clone()))
+                                .build()
+                                .expect("pk and sk are set"),
+                        )
+                        .build()
+                })
+                .collect();
+            // Unprocessed deletes are retried (with a short pause) until none is left.
+            for attempt in 0..8u32 {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                requests = out
+                    .unprocessed_items
+                    .and_then(|mut m| m.remove(&self.table))
+                    .unwrap_or_default();
+                if requests.is_empty() {
+                    break;
+                }
+                if attempt == 7 {
+                    return Err(StoreError::Backend(format!(
+                        "{} deletes left unprocessed",
+                        requests.len()
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_json<T: Serialize + ?Sized>(data: &T) -> Result<String, StoreError> {
+    serde_json::to_string(data).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn data<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
+    match item.get("data") {
+        Some(AttributeValue::S(json)) => {
+            serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+        }
+        _ => Err(StoreError::Corrupt("snapshot item without data".into())),
+    }
+}
+
+fn sort_key(item: &Item) -> &str {
+    match item.get("sk") {
+        Some(AttributeValue::S(sk)) => sk,
+        _ => "",
+    }
+}
+
+fn snapshot_expiry(now: DateTime<Utc>) -> i64 {
+    now.timestamp() + SNAPSHOT_TTL_DAYS * 86_400
+}
+
+#[async_trait]
+impl BankDataStore for DynamoBankDataStore {
+    async fn read_meta(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+    ) -> Result<SnapshotMeta, StoreError> {
+        let mut meta = SnapshotMeta::default();
+        for item in self.query(&Self::pk(user, consent), "META#", false).await? {
+            match sort_key(&item) {
+                "META#ACCOUNTS" => meta.accounts = Some(data(&item)?),
+                "META#BALANCES" => meta.balances = Some(data(&item)?),
+                "META#TRANSACTIONS" => meta.transactions = Some(data(&item)?),
+                _ => {}
+            }
+        }
+        Ok(meta)
+    }
+
+    async fn put_accounts(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        snapshot: &AccountsSnapshot,
+    ) -> Result<(), StoreError> {
+        self.put_data(
+            Self::pk(user, consent),
+            "META#ACCOUNTS".into(),
+            snapshot,
+            snapshot_expiry(snapshot.fetched_at),
+        )
+        .await
+    }
+
+    async fn put_balances(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        snapshot: &BalancesSnapshot,
+    ) -> Result<(), StoreError> {
+        self.put_data(
+            Self::pk(user, consent),
+            "META#BALANCES".into(),
+            snapshot,
+            snapshot_expiry(snapshot.fetched_at),
+        )
+        .await
+    }
+
+    async fn read_transactions(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+    ) -> Result<Vec<StoredTransaction>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.query(&Self::pk(user, consent), "TX#", false).await? {
+            let mut part: Vec<StoredTransaction> = data(&item)?;
+            out.append(&mut part);
+        }
+        Ok(out)
+    }
+
+    async fn put_transactions(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        account: &AccountId,
+        booked: &[StoredTransaction],
+        pending: &[StoredTransaction],
+    ) -> Result<(), StoreError> {
+        let pk = Self::pk(user, consent);
+        let expires = snapshot_expiry(Utc::now());
+        let mut writes = Vec::new();
+        for (suffix, items) in chunks(booked) {
+            writes.push(self.put_json(
+                pk.clone(),
+                format!("TX#{}#{suffix}", account.as_str()),
+                to_json(&items)?,
+                expires,
+            ));
+        }
+        writes.push(self.put_json(
+            pk.clone(),
+            format!("TX#{}#PENDING", account.as_str()),
+            to_json(&pending)?,
+            expires,
+        ));
+        futures::future::try_join_all(writes).await?;
+        Ok(())
+    }
+
+    async fn put_transactions_meta(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        meta: &TransactionsMeta,
+    ) -> Result<(), StoreError> {
+        self.put_data(
+            Self::pk(user, consent),
+            "META#TRANSACTIONS".into(),
+            meta,
+            snapshot_expiry(meta.fetched_at),
+        )
+        .await
+    }
+
+    async fn claim_access(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        kind: AccessKind,
+        day: NaiveDate,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        let expires = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp() + 2 * 86_400;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::pk(user, consent)))
+            .key("sk", s(format!("USAGE#{day}#{}", kind.as_str())))
+            .update_expression("ADD #n :one SET expiresAt = :exp")
+            .condition_expression("attribute_not_exists(#n) OR #n < :limit")
+            .expression_attribute_names("#n", "count")
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":limit", AttributeValue::N(limit.to_string()))
+            .expression_attribute_values(":exp", AttributeValue::N(expires.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(
+                        aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_)
+                    )
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(backend(err)),
+        }
+    }
+
+    async fn accesses(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+        kind: AccessKind,
+        day: NaiveDate,
+    ) -> Result<u32, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::pk(user, consent)))
+            .key("sk", s(format!("USAGE#{day}#{}", kind.as_str())))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(out
+            .item
+            .and_then(|item| match item.get("count") {
+                Some(AttributeValue::N(n)) => n.parse().ok(),
+                _ => None,
+            })
+            .unwrap_or(0))
+    }
+
+    async fn purge(&self, user: &UserId, consent: &ConsentId) -> Result<usize, StoreError> {
+        let pk = Self::pk(user, consent);
+        let keys: Vec<(String, String)> = self
+            .query(&pk, "", true)
+            .await?
+            .iter()
+            .map(|item| (pk.clone(), sort_key(item).to_owned()))
+            .collect();
+        let n = keys.len();
+        self.delete_keys(keys).await?;
+        Ok(n)
+    }
+}
