@@ -311,6 +311,8 @@ pub enum RulesError {
     },
     #[error("cannot build the keyword automaton: {0}")]
     Automaton(#[from] aho_corasick::BuildError),
+    #[error("cannot start the keyword automaton: {0}")]
+    AutomatonStart(#[from] aho_corasick::MatchError),
 }
 
 // ---- the rules file ------------------------------------------------------------------
@@ -857,12 +859,7 @@ impl Categoriser {
             .start_kind(StartKind::Unanchored)
             .prefilter(false) // every pattern starts with a space: nothing to skip ahead to
             .build(&padded)?;
-        let start = dfa
-            .start_state(Anchored::No)
-            .map_err(|_| RulesError::EmptyRule {
-                category: Category::Other,
-                what: "usable keyword automaton",
-            })?;
+        let start = dfa.start_state(Anchored::No)?;
         Ok(Categoriser {
             mcc,
             refinable,
@@ -1210,6 +1207,17 @@ mod tests {
                 keyword: "wolt",
                 refined_mcc: Some(5814)
             }
+        );
+        // A refund keeps the refined category, as a refund keeps its MCC category.
+        let refund = CategoryInput {
+            direction: Direction::Credit,
+            ..card("WOLT", "5814")
+        };
+        assert_eq!(cat(refund), Category::FoodDelivery);
+        // Without a code, Wolt paying out to a courier is income, not food delivery.
+        assert_eq!(
+            cat(credit("Wolt Lietuva", "Courier payout")),
+            Category::Income
         );
         // A refinement does not reach beyond the categories it names.
         assert_eq!(cat(card("WOLT", "5411")), Category::Groceries);
