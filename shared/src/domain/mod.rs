@@ -12,6 +12,7 @@
 //! Every fallible constructor returns a [`DomainError`]. Everything here is
 //! re-exported at this level: use `shared::domain::Money`, not the submodules.
 
+pub mod category;
 pub mod consent;
 pub mod error;
 pub mod fx;
@@ -21,6 +22,7 @@ pub mod money;
 pub mod payment;
 pub mod polling;
 
+pub use self::category::{Categoriser, Category, CategoryInput, Direction, RulesError};
 pub use self::consent::{ConsentEvent, ConsentState, ConsentStatus, ConsentTransitionError};
 pub use self::error::{DomainError, MAX_ECHO_CHARS};
 pub use self::fx::{Converted, FxError, RateTable, sum_in};
