@@ -309,6 +309,10 @@ impl Bundle {
                 root.join("infra/banks.json").display().to_string(),
             ),
             ("SANDBOX_BANK_URL", sandbox.handle.base_url.clone()),
+            (
+                "ECB_RATES_URL",
+                format!("{}/ecb/eurofxref-daily.xml", sandbox.handle.base_url),
+            ),
         ];
         env.extend(extra_env.iter().cloned());
         let rt = Runtime::start(&root.join("template.yaml"), secret, &env).await;

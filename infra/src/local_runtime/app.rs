@@ -87,9 +87,19 @@ pub fn local_parameters() -> BTreeMap<String, String> {
         .ok()
         .filter(|v| v.len() >= 32)
         .unwrap_or_else(|| "local-development-webhook-secret-not-for-deployment".to_owned());
+    // FX rates from the sandbox bank's ECB-format feed unless told otherwise.
+    let ecb = std::env::var("ECB_RATES_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            let bank = std::env::var("SANDBOX_BANK_URL")
+                .unwrap_or_else(|_| "http://127.0.0.1:8080".to_owned());
+            format!("{}/ecb/eurofxref-daily.xml", bank.trim_end_matches('/'))
+        });
     BTreeMap::from([
         ("ScaStateSecret".to_owned(), secret),
         ("WebhookSecret".to_owned(), webhook_secret),
+        ("EcbRatesUrl".to_owned(), ecb),
     ])
 }
 

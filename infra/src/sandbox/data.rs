@@ -114,13 +114,33 @@ fn layouts(bank: &Bank) -> &'static [Layout] {
                 name: "GBP konts",
                 product: "Baltija Valūta",
             },
+            Layout {
+                currency: "EUR",
+                kind: AccountKind::Savings,
+                name: "Krājkonts",
+                product: "Baltija Uzkrājums",
+            },
         ],
-        _ => &[Layout {
-            currency: "EUR",
-            kind: AccountKind::Current,
-            name: "Arvelduskonto",
-            product: "Põhja Igapäev",
-        }],
+        _ => &[
+            Layout {
+                currency: "EUR",
+                kind: AccountKind::Current,
+                name: "Arvelduskonto",
+                product: "Põhja Igapäev",
+            },
+            Layout {
+                currency: "EUR",
+                kind: AccountKind::Savings,
+                name: "Säästukonto",
+                product: "Põhja Säästja",
+            },
+            Layout {
+                currency: "SEK",
+                kind: AccountKind::Current,
+                name: "SEK konto",
+                product: "Põhja Valuuta",
+            },
+        ],
     }
 }
 
@@ -721,10 +741,15 @@ mod tests {
         let lv = psu_accounts(42, bank("lv-baltija").unwrap(), DEFAULT_PSU);
         assert_eq!(
             lv.iter().map(|a| a.currency).collect::<Vec<_>>(),
-            ["EUR", "GBP"]
+            ["EUR", "GBP", "EUR"]
         );
         let ee = psu_accounts(42, bank("ee-pohja").unwrap(), DEFAULT_PSU);
-        assert_eq!(ee.len(), 1);
+        assert_eq!(
+            ee.iter()
+                .map(|a| (a.currency, a.cash_account_type()))
+                .collect::<Vec<_>>(),
+            [("EUR", "CACC"), ("EUR", "SVGS"), ("SEK", "CACC")]
+        );
         for (b, len) in [(&lt, 20), (&lv, 21), (&ee, 20)] {
             for a in b.iter() {
                 assert_eq!(a.iban.len(), len, "{}", a.iban);

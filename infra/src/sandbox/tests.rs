@@ -478,7 +478,7 @@ async fn frequency_per_day_limits_unattended_reads() {
     assert_eq!(resp.status(), StatusCode::OK);
     let accounts = body(resp).await;
     let list = accounts["accounts"].as_array().unwrap();
-    assert_eq!(list.len(), 2);
+    assert_eq!(list.len(), 3);
     assert_eq!(list[1]["currency"], "GBP");
     assert_eq!(list[0]["iban"].as_str().unwrap().len(), 21);
     let acc = list[0]["resourceId"].as_str().unwrap();

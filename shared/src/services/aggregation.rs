@@ -41,13 +41,13 @@ use super::connections::Connections;
 use super::{Clock, ServiceError};
 use crate::bank::registry::BankRegistry;
 use crate::bank::{
-    Account, Balance, BalanceType, BankApi, BankError, BookingStatus, PsuContext,
-    TransactionQuery, TransactionState,
+    Account, Balance, BalanceType, BankApi, BankError, BookingStatus, PsuContext, TransactionQuery,
+    TransactionState,
 };
 use crate::domain::category::{Categoriser, Category, CategoryInput, Direction};
 use crate::domain::{
-    AccountId, BankId, ConsentEvent, ConsentId, ConsentState, ConsentStatus, Converted,
-    Currency, Money, RateTable, UserId,
+    AccountId, BankId, ConsentEvent, ConsentId, ConsentState, ConsentStatus, Converted, Currency,
+    Money, RateTable, UserId,
 };
 use crate::fx::RateSource;
 use crate::http::FieldError;
@@ -229,6 +229,10 @@ pub struct TransactionView {
     pub value_date: Option<NaiveDate>,
     /// Signed: negative for money leaving the account.
     pub amount: Money,
+    /// `debit` or `credit`.
+    #[serde(rename = "direction")]
+    pub direction_name: &'static str,
+    #[serde(skip)]
     pub direction: Direction,
     pub category: Category,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -355,9 +359,9 @@ impl Aggregation {
             balances: true,
             transactions: false,
         };
-        let ((loaded, mut errors), rates) =
+        let (gathered, rates) =
             tokio::join!(self.gather(user, need, psu), self.deps.rates.latest());
-        let loaded = loaded_or(loaded, &mut errors)?;
+        let (loaded, mut errors) = gathered?;
         let rates = rates.map_err(|e| e.to_string());
         let mut accounts = Vec::new();
         let mut complete = errors.is_empty();
@@ -453,7 +457,10 @@ impl Aggregation {
             Some(text) => match decode_cursor(text) {
                 Some(cursor) => Some(cursor),
                 None => {
-                    errors_in.push(field("cursor", "is not a cursor from a previous page".into()));
+                    errors_in.push(field(
+                        "cursor",
+                        "is not a cursor from a previous page".into(),
+                    ));
                     None
                 }
             },
@@ -473,8 +480,7 @@ impl Aggregation {
             balances: false,
             transactions: true,
         };
-        let (loaded, mut errors) = self.gather(user, need, psu).await?;
-        let loaded = loaded_or(loaded, &mut errors)?;
+        let (loaded, errors) = self.gather(user, need, psu).await?;
         let mut views = self.views(&loaded, &filter);
         sort_newest_first(&mut views);
         if let Some(cursor) = &cursor {
@@ -535,13 +541,13 @@ impl Aggregation {
             balances: false,
             transactions: true,
         };
-        let ((loaded, mut errors), rates) =
+        let (gathered, rates) =
             tokio::join!(self.gather(user, need, psu), self.deps.rates.latest());
-        let loaded = loaded_or(loaded, &mut errors)?;
+        let (loaded, mut errors) = gathered?;
         let rates = rates.map_err(|e| e.to_string());
         let mut spending: BTreeMap<Category, (usize, Money)> = BTreeMap::new();
         let mut income: BTreeMap<Category, (usize, Money)> = BTreeMap::new();
-        let mut missing: BTreeMap<(BankId, ConsentId, Currency), String> = BTreeMap::new();
+        let mut missing: BTreeMap<(BankId, ConsentId, String), String> = BTreeMap::new();
         for view in self.views(&loaded, &filter) {
             let converted = match convert(&rates, &view.amount, base) {
                 Ok(c) => c.amount,
@@ -550,7 +556,7 @@ impl Aggregation {
                         (
                             view.bank_id.clone(),
                             view.connection_id.clone(),
-                            view.amount.currency(),
+                            view.amount.currency().code().to_owned(),
                         ),
                         message,
                     );
@@ -575,7 +581,7 @@ impl Aggregation {
                 connection_id,
                 account_id: None,
                 code: "FX_RATE_MISSING".into(),
-                message: format!("{} transactions left out: {message}", currency.code()),
+                message: format!("{currency} transactions left out: {message}"),
                 retry_after: None,
             });
         }
@@ -588,7 +594,7 @@ impl Aggregation {
                     total,
                 })
                 .collect();
-            list.sort_by(|a, b| b.total.amount().cmp(&a.total.amount()));
+            list.sort_by_key(|c| std::cmp::Reverse(c.total.amount()));
             list
         };
         let sum = |list: &[CategoryTotal]| {
@@ -679,13 +685,13 @@ impl Aggregation {
                     retry_after: None,
                 };
                 // The snapshot alone, without waiting for the bank again.
-                let snapshot = self.from_snapshot(consent, need).await;
+                let snapshot = self.snapshot_only(consent, need).await;
                 (snapshot, vec![error])
             }
         }
     }
 
-    async fn from_snapshot(&self, consent: ConsentRecord, need: Need) -> Option<Loaded> {
+    async fn snapshot_only(&self, consent: ConsentRecord, need: Need) -> Option<Loaded> {
         let user = consent.user_id.clone();
         let meta = self
             .deps
@@ -762,7 +768,11 @@ impl Aggregation {
         // Which kinds to fetch now: all of them when the user asked; else the stale ones
         // for which the daily budget still has a unit.
         let wanted = [
-            (AccessKind::Accounts, true, meta.accounts.as_ref().map(|a| a.fetched_at)),
+            (
+                AccessKind::Accounts,
+                true,
+                meta.accounts.as_ref().map(|a| a.fetched_at),
+            ),
             (
                 AccessKind::Balances,
                 need.balances,
@@ -882,8 +892,9 @@ impl Aggregation {
         let fetch_balances = fetch.contains(&AccessKind::Balances);
         let fetch_tx = fetch.contains(&AccessKind::Transactions);
         let tx_from = match &meta.transactions {
-            Some(t) => (t.fetched_at.date_naive() - Days::new(u64::from(self.deps.config.overlap_days)))
-                .max(t.covered_from),
+            Some(t) => (t.fetched_at.date_naive()
+                - Days::new(u64::from(self.deps.config.overlap_days)))
+            .max(t.covered_from),
             None => today - Days::new(u64::from(self.deps.config.history_days)),
         };
         let covered_from = meta
@@ -896,7 +907,11 @@ impl Aggregation {
             let psu_context = psu_context.clone();
             async move {
                 let balances = if fetch_balances {
-                    Some(connector.balances(&bank_consent, &account.id, &psu_context).await)
+                    Some(
+                        connector
+                            .balances(&bank_consent, &account.id, &psu_context)
+                            .await,
+                    )
                 } else {
                     None
                 };
@@ -969,7 +984,9 @@ impl Aggregation {
             if let Err(e) = self.deps.data.put_balances(&user, &id, &snapshot).await {
                 warn!(consent_id = %id, error = %e, "could not store balances");
             }
-        } else if need.balances && let Some(b) = &meta.balances {
+        } else if need.balances
+            && let Some(b) = &meta.balances
+        {
             fetched_times.push(b.fetched_at);
         }
         if tx_fetched {
@@ -986,13 +1003,20 @@ impl Aggregation {
                     fetched_at: now,
                     covered_from,
                 };
-                if let Err(e) = self.deps.data.put_transactions_meta(&user, &id, &meta).await {
+                if let Err(e) = self
+                    .deps
+                    .data
+                    .put_transactions_meta(&user, &id, &meta)
+                    .await
+                {
                     warn!(consent_id = %id, error = %e, "could not store the transactions meta");
                 }
             } else {
                 warn!(consent_id = %id, "could not store some transactions; refetched next time");
             }
-        } else if need.transactions && let Some(t) = &meta.transactions {
+        } else if need.transactions
+            && let Some(t) = &meta.transactions
+        {
             fetched_times.push(t.fetched_at);
         }
         let transactions = tx_by_account.into_values().flatten().collect();
@@ -1120,7 +1144,10 @@ impl Aggregation {
             None => None,
             Some(text) if parse_account_key(text).is_some() => Some(text.clone()),
             Some(_) => {
-                errors.push(field("accountId", "is not an account id from GET /v1/accounts".into()));
+                errors.push(field(
+                    "accountId",
+                    "is not an account id from GET /v1/accounts".into(),
+                ));
                 None
             }
         };
@@ -1147,7 +1174,11 @@ impl Aggregation {
     fn views(&self, loaded: &[Loaded], filter: &TxFilter) -> Vec<TransactionView> {
         let mut out = Vec::new();
         for l in loaded {
-            if filter.bank.as_ref().is_some_and(|b| b != &l.consent.bank_id) {
+            if filter
+                .bank
+                .as_ref()
+                .is_some_and(|b| b != &l.consent.bank_id)
+            {
                 continue;
             }
             for t in &l.transactions {
@@ -1184,6 +1215,10 @@ impl Aggregation {
                     booking_date: t.tx.booking_date,
                     value_date: t.tx.value_date,
                     amount: t.tx.amount,
+                    direction_name: match input.direction {
+                        Direction::Debit => "debit",
+                        Direction::Credit => "credit",
+                    },
                     direction: input.direction,
                     category,
                     counterparty: counterparty.clone(),
@@ -1227,14 +1262,6 @@ fn base_currency(query: &HashMap<String, String>) -> Result<Currency, ServiceErr
         .map_or("EUR", String::as_str);
     Currency::parse(code)
         .map_err(|_| ServiceError::field("baseCurrency", "unknown currency (ISO 4217 code)"))
-}
-
-/// With no connection at all there is nothing to answer but the errors: still a 200.
-fn loaded_or(
-    loaded: Vec<Loaded>,
-    _errors: &mut [ErrorItem],
-) -> Result<Vec<Loaded>, ServiceError> {
-    Ok(loaded)
 }
 
 fn convert(
@@ -1282,7 +1309,10 @@ pub fn account_key(consent: &ConsentId, account: &AccountId) -> String {
 
 fn parse_account_key(key: &str) -> Option<(ConsentId, AccountId)> {
     let (consent, account) = key.split_once(':')?;
-    Some((ConsentId::parse(consent).ok()?, AccountId::parse(account).ok()?))
+    Some((
+        ConsentId::parse(consent).ok()?,
+        AccountId::parse(account).ok()?,
+    ))
 }
 
 fn account_view(l: &Loaded, account: &Account) -> AccountView {
@@ -1359,7 +1389,10 @@ pub fn merge_transactions(
     }
     // A pending id that is now booked is listed once, as booked.
     pending.retain(|id, _| !booked.contains_key(id));
-    (booked.into_values().collect(), pending.into_values().collect())
+    (
+        booked.into_values().collect(),
+        pending.into_values().collect(),
+    )
 }
 
 fn day_of(v: &TransactionView) -> Option<NaiveDate> {
@@ -1571,7 +1604,10 @@ mod tests {
         assert!(refresh(&q("refresh", "yes"), Some(ip)).is_err());
         assert!(refresh(&q("refresh", "true"), None).is_err());
         assert_eq!(base_currency(&HashMap::new()).unwrap().code(), "EUR");
-        assert_eq!(base_currency(&q("baseCurrency", "USD")).unwrap().code(), "USD");
+        assert_eq!(
+            base_currency(&q("baseCurrency", "USD")).unwrap().code(),
+            "USD"
+        );
         assert!(base_currency(&q("baseCurrency", "ZZZ")).is_err());
     }
 }

@@ -48,7 +48,8 @@ use crate::http::FieldError;
 use crate::queue::Queue;
 use crate::sca_state::{ScaState, StateError, StateSigner, StateSubject};
 use crate::store::{
-    ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore, StoreError,
+    BankDataStore, ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore,
+    StoreError,
 };
 use crate::webhook::Notifier;
 
@@ -201,6 +202,8 @@ pub struct ConnectionsDeps {
     /// The webhook queue: every new notification is also queued for the operator's
     /// webhook (`crate::webhook`). `None`: inbox only.
     pub webhooks: Option<Arc<dyn Queue>>,
+    /// The cached bank data, purged when a connection is revoked (`None`: no cache).
+    pub bank_data: Option<Arc<dyn BankDataStore>>,
     /// One connector per bank (usually [`BankRegistry::connectors`]).
     pub banks: HashMap<BankId, Arc<dyn BankApi>>,
     pub registry: BankRegistry,
@@ -214,6 +217,7 @@ pub struct Connections {
     consents: Arc<dyn ConsentStore>,
     nonces: Arc<dyn NonceStore>,
     notifier: Notifier,
+    bank_data: Option<Arc<dyn BankDataStore>>,
     banks: HashMap<BankId, Arc<dyn BankApi>>,
     registry: BankRegistry,
     signer: StateSigner,
@@ -352,6 +356,7 @@ impl Connections {
             consents: deps.consents,
             nonces: deps.nonces,
             notifier: Notifier::new(deps.notifications, deps.webhooks, deps.clock.clone()),
+            bank_data: deps.bank_data,
             banks: deps.banks,
             registry: deps.registry,
             signer: deps.signer,
@@ -488,6 +493,12 @@ impl Connections {
         let consent_id = record.consent_id.clone();
         let was_final = record.state.is_final();
         self.terminate(record, true).await?;
+        // The connection's cached bank data goes with it (again on a repeated DELETE, so
+        // a purge that failed once is finished by the retry).
+        if let Some(data) = &self.bank_data {
+            let purged = data.purge(user, &consent_id).await?;
+            info!(consent_id = %consent_id, items = purged, "cached bank data purged");
+        }
         if was_final {
             return Ok(());
         }
@@ -1734,9 +1745,16 @@ pub async fn connections_from_env(sdk: &aws_config::SdkConfig) -> Result<Connect
             consents_table,
         )),
         notifications: Arc::new(crate::store::DynamoNotificationStore::new(
-            dynamodb,
+            dynamodb.clone(),
             var("NOTIFICATIONS_TABLE")?,
         )),
+        bank_data: std::env::var("BANK_DATA_TABLE")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(|table| {
+                Arc::new(crate::store::DynamoBankDataStore::new(dynamodb, table))
+                    as Arc<dyn BankDataStore>
+            }),
         webhooks: std::env::var(crate::webhook::QUEUE_URL_ENV)
             .ok()
             .filter(|url| !url.is_empty())

@@ -1,6 +1,7 @@
 //! Use cases: plain async functions over the ports (stores, banks, clock), so they run the
 //! same in a Lambda, in the local runtime and in unit tests with in-memory doubles.
 //!
+//! - [`aggregation`]: accounts, balances, transactions and spending across all banks.
 //! - [`connections`]: link a bank, the SCA callback, list/get, revoke, renew now.
 //! - [`renewal`]: the daily renewal job (exactly one renewal per due consent).
 //! - [`health`]: the hourly health job (expiry, the bank's view, renewal of lapsed ones).
@@ -9,6 +10,7 @@
 //! Every service fails with a [`ServiceError`]; [`ServiceError::into_problem`] turns it into
 //! the RFC 9457 answer of the public API without leaking internals.
 
+pub mod aggregation;
 pub mod connections;
 pub mod health;
 pub mod payments;

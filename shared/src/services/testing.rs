@@ -611,6 +611,7 @@ pub(crate) fn harness() -> Harness {
         nonces: nonces.clone(),
         notifications: notes.clone(),
         webhooks: Some(webhooks.clone()),
+        bank_data: None,
         banks,
         registry: BankRegistry::from_json_with(REGISTRY, |_| None).unwrap(),
         signer: StateSigner::new(SECRET).unwrap(),

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use super::dynamo::{Item, backend, s};
@@ -98,8 +98,11 @@ impl AccessKind {
 #[async_trait]
 pub trait BankDataStore: Send + Sync {
     /// The accounts, balances and transactions meta items of a connection.
-    async fn read_meta(&self, user: &UserId, consent: &ConsentId)
-    -> Result<SnapshotMeta, StoreError>;
+    async fn read_meta(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+    ) -> Result<SnapshotMeta, StoreError>;
     async fn put_accounts(
         &self,
         user: &UserId,
@@ -225,7 +228,12 @@ impl DynamoBankDataStore {
     }
 
     /// Every item of the partition whose sort key starts with `prefix` (all pages).
-    async fn query(&self, pk: &str, prefix: &str, keys_only: bool) -> Result<Vec<Item>, StoreError> {
+    async fn query(
+        &self,
+        pk: &str,
+        prefix: &str,
+        keys_only: bool,
+    ) -> Result<Vec<Item>, StoreError> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -233,11 +241,16 @@ impl DynamoBankDataStore {
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
                 .expression_attribute_values(":pk", s(pk))
-                .expression_attribute_values(":prefix", s(prefix))
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take());
+            query = if prefix.is_empty() {
+                query.key_condition_expression("pk = :pk")
+            } else {
+                query
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(":prefix", s(prefix))
+            };
             if keys_only {
                 query = query.projection_expression("pk, sk");
             }
@@ -433,7 +446,12 @@ impl BankDataStore for DynamoBankDataStore {
         day: NaiveDate,
         limit: u32,
     ) -> Result<bool, StoreError> {
-        let expires = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp() + 2 * 86_400;
+        let expires = day
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp()
+            + 2 * 86_400;
         let result = self
             .client
             .update_item()

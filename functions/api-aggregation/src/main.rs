@@ -1,0 +1,16 @@
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use shared::http::{Request, Response};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    shared::telemetry::init();
+    // Built once per cold start, outside the handler (the FX rate cache lives as long as
+    // the instance).
+    let sdk = shared::aws::load_config().await;
+    let service = shared::services::aggregation::aggregation_from_env(&sdk).await?;
+    let service = &service;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Request>| async move {
+        Ok::<Response, Error>(api_aggregation::handle(service, &event.payload).await)
+    }))
+    .await
+}
