@@ -22,9 +22,11 @@
 //! event id, except when the sender crashes (or the marker write fails) between the
 //! endpoint's 2xx and the `webhookDeliveredAt` write: then the redelivered message sends it
 //! again. Receivers must therefore deduplicate on `Webhook-Id` (the event id), which is the
-//! same on every attempt. Not covered: a state change whose notification fails after the
-//! state change was written by a path that only logs notification failures (the SCA
-//! callback's `consent.*` notifications; see `services::connections`).
+//! same on every attempt. A consent state change is written in one transaction with its
+//! notification (`crate::store::ConsentOutbox`) and its webhook queued afterwards with
+//! [`Notifier::enqueue`], best effort: an event whose queueing failed stays in the
+//! pending-webhook index and is queued by the health job's sweep
+//! (`services::health`, docs/data-model.md).
 //!
 //! # Signature (for receivers)
 //! Headers: `Webhook-Id` (event id), `Webhook-Timestamp` (unix seconds of this attempt) and

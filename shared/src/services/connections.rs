@@ -19,6 +19,11 @@
 //!   with the bank still saying `received` stays pending.
 //! - Only redirect-style SCA (`scaRedirect` / `scaOAuth` links) is supported: a bank that
 //!   answers without an SCA link gets its consent deleted again and the call fails.
+//! - A state change the user is told about (`consent.valid`, `.rejected`, `.expired`,
+//!   `.revoked_by_psu`, `.terminated_by_tpp`) is written in one transaction with its
+//!   notification ([`ConsentOutbox`]): a failed notification write fails the change (the
+//!   callback answers "try again", the refresh or the next job run writes both). The
+//!   webhook is queued after the commit; the health job's sweep queues what failed there.
 //! - "Renew now" and the daily renewal job ([`super::renewal`]) share one routine
 //!   (`Connections::carry_renewal`): claim first (a renewal record with an id derived from
 //!   the renewed consent's id), then one lease holder creates the consent at the bank, then
