@@ -22,9 +22,11 @@
 //! event id, except when the sender crashes (or the marker write fails) between the
 //! endpoint's 2xx and the `webhookDeliveredAt` write: then the redelivered message sends it
 //! again. Receivers must therefore deduplicate on `Webhook-Id` (the event id), which is the
-//! same on every attempt. Not covered: a state change whose notification fails after the
-//! state change was written by a path that only logs notification failures (the SCA
-//! callback's `consent.*` notifications; see `services::connections`).
+//! same on every attempt. A consent state change is written in one transaction with its
+//! notification (`crate::store::ConsentOutbox`) and its webhook queued afterwards with
+//! [`Notifier::enqueue`], best effort: an event whose queueing failed stays in the
+//! pending-webhook index and is queued by the health job's sweep
+//! (`services::health`, docs/data-model.md).
 //!
 //! # Signature (for receivers)
 //! Headers: `Webhook-Id` (event id), `Webhook-Timestamp` (unix seconds of this attempt) and
@@ -105,6 +107,11 @@ impl Notifier {
         }
     }
 
+    /// Whether webhooks are configured (a queue to put their messages on).
+    pub fn has_webhooks(&self) -> bool {
+        self.queue.is_some()
+    }
+
     /// Stores `notification` once per event id and makes sure its webhook is queued;
     /// `true` when the notification was new.
     ///
@@ -112,10 +119,30 @@ impl Notifier {
     /// The store or the queue failed; calling again with the same event id is safe.
     pub async fn notify(&self, notification: &Notification) -> Result<bool, NotifyError> {
         let stored = self.store.put(notification).await?;
+        self.enqueue(notification, stored).await?;
+        Ok(stored)
+    }
+
+    /// Queues the webhook of an event stored already (by [`Self::notify`], or in the same
+    /// transaction as a consent's state change: `crate::store::ConsentOutbox`). `new`: the
+    /// caller just stored `notification` itself, so it is queued without a read; otherwise
+    /// the stored event is read (consistently) and queued only while its `webhookQueuedAt`
+    /// is unset, with the stored notification's id. Nothing to do without a queue. A
+    /// successful send sets `webhookQueuedAt` (which also takes the event out of the
+    /// pending-webhook index). `true` when a message was sent.
+    ///
+    /// # Errors
+    /// The store or the queue failed; calling again is safe (at least once, see the module
+    /// docs).
+    pub async fn enqueue(
+        &self,
+        notification: &Notification,
+        new: bool,
+    ) -> Result<bool, NotifyError> {
         let Some(queue) = &self.queue else {
-            return Ok(stored);
+            return Ok(false);
         };
-        let notification_id = if stored {
+        let notification_id = if new {
             notification.notification_id.clone()
         } else {
             match self
@@ -148,11 +175,11 @@ impl Notifier {
             )
             .await
         {
-            // Harmless: a retry queues it again and the sender sends it once.
+            // Harmless: a retry (or the sweep) queues it again and the sender sends it once.
             tracing::warn!(event_id = %notification.event_id, error = %e,
                 "could not mark a webhook as queued");
         }
-        Ok(stored)
+        Ok(true)
     }
 }
 

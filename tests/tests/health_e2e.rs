@@ -87,7 +87,8 @@ async fn one_health_run_mirrors_revocations_expires_and_renews_once() {
     let report = fire_all_hours(&w).await;
     assert_eq!(
         report,
-        json!({"expired": 1, "mirrored": 1, "checked": 2, "renewalsStarted": 1, "failed": 0})
+        json!({"expired": 1, "mirrored": 1, "checked": 2, "renewalsStarted": 1,
+            "webhooksRequeued": 0, "failed": 0})
     );
 
     assert_eq!(
@@ -145,7 +146,8 @@ async fn one_health_run_mirrors_revocations_expires_and_renews_once() {
     let again = fire_all_hours(&w).await;
     assert_eq!(
         again,
-        json!({"expired": 0, "mirrored": 0, "checked": 1, "renewalsStarted": 0, "failed": 0})
+        json!({"expired": 0, "mirrored": 0, "checked": 1, "renewalsStarted": 0,
+            "webhooksRequeued": 0, "failed": 0})
     );
     assert_eq!(w.connections("alice").await, list);
     assert_eq!(w.inbox("alice").await.len(), inbox.len());

@@ -84,6 +84,12 @@ async fn check(
         &[("ByGsi1", "gsi1pk", "gsi1sk")],
     )
     .await?;
+    check_table(
+        sdk,
+        provisioned.table("NotificationsTable"),
+        &[("ByPendingWebhook", "gsi1pk", "gsi1sk")],
+    )
+    .await?;
 
     check_source_queue(sdk, provisioned, "PaymentStatusQueue", "PaymentStatusDLQ").await?;
     check_source_queue(sdk, provisioned, "BulkPaymentQueue", "BulkPaymentDLQ").await?;

@@ -19,6 +19,11 @@
 //!   with the bank still saying `received` stays pending.
 //! - Only redirect-style SCA (`scaRedirect` / `scaOAuth` links) is supported: a bank that
 //!   answers without an SCA link gets its consent deleted again and the call fails.
+//! - A state change the user is told about (`consent.valid`, `.rejected`, `.expired`,
+//!   `.revoked_by_psu`, `.terminated_by_tpp`) is written in one transaction with its
+//!   notification ([`ConsentOutbox`]): a failed notification write fails the change (the
+//!   callback answers "try again", the refresh or the next job run writes both). The
+//!   webhook is queued after the commit; the health job's sweep queues what failed there.
 //! - "Renew now" and the daily renewal job ([`super::renewal`]) share one routine
 //!   (`Connections::carry_renewal`): claim first (a renewal record with an id derived from
 //!   the renewed consent's id), then one lease holder creates the consent at the bank, then
@@ -48,8 +53,8 @@ use crate::http::FieldError;
 use crate::queue::Queue;
 use crate::sca_state::{ScaState, StateError, StateSigner, StateSubject};
 use crate::store::{
-    BankDataStore, ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore,
-    StoreError,
+    BankDataStore, ConsentOutbox, ConsentRecord, ConsentStore, NonceStore, Notification,
+    NotificationStore, StoreError,
 };
 use crate::webhook::Notifier;
 
@@ -197,6 +202,9 @@ fn is_web_url(url: &Url) -> bool {
 /// Everything [`Connections`] works with.
 pub struct ConnectionsDeps {
     pub consents: Arc<dyn ConsentStore>,
+    /// Writes a consent's state change and its notification in one transaction (over the
+    /// same consents and notifications as `consents` and `notifications`).
+    pub outbox: Arc<dyn ConsentOutbox>,
     pub nonces: Arc<dyn NonceStore>,
     pub notifications: Arc<dyn NotificationStore>,
     /// The webhook queue: every new notification is also queued for the operator's
@@ -215,6 +223,7 @@ pub struct ConnectionsDeps {
 /// The bank-connections use cases.
 pub struct Connections {
     consents: Arc<dyn ConsentStore>,
+    outbox: Arc<dyn ConsentOutbox>,
     nonces: Arc<dyn NonceStore>,
     notifier: Notifier,
     bank_data: Option<Arc<dyn BankDataStore>>,
@@ -354,6 +363,7 @@ impl Connections {
     pub fn new(deps: ConnectionsDeps) -> Self {
         Self {
             consents: deps.consents,
+            outbox: deps.outbox,
             nonces: deps.nonces,
             notifier: Notifier::new(deps.notifications, deps.webhooks, deps.clock.clone()),
             bank_data: deps.bank_data,
@@ -737,13 +747,14 @@ impl Connections {
 
     /// Applies `event` (versioned write; a lost race re-reads and decides again) and, when
     /// the state changed, notifies the user exactly as the SCA callback does (event id
-    /// `consent:<id>:<state>`, stored once). `true` when this call changed the state.
+    /// `consent:<id>:<state>`, stored once, in the same transaction as the state change).
+    /// `true` when this call changed the state.
     pub(crate) async fn apply_event(
         &self,
         record: ConsentRecord,
         event: ConsentEvent,
     ) -> Result<(ConsentRecord, bool), ServiceError> {
-        let (saved, changed) = self.transition(record, event).await?;
+        let (saved, changed) = self.transition(record, event, true).await?;
         if changed {
             info!(consent_id = %saved.consent_id, bank_id = %saved.bank_id, state = %saved.state,
                 event = %event, "consent state changed");
@@ -1338,7 +1349,10 @@ impl Connections {
     /// Marks a record that never became usable `terminated_by_tpp`; failures are logged.
     async fn abandon(&self, record: ConsentRecord) {
         let id = record.consent_id.clone();
-        if let Err(e) = self.transition(record, ConsentEvent::TerminatedByTpp).await {
+        if let Err(e) = self
+            .transition(record, ConsentEvent::TerminatedByTpp, false)
+            .await
+        {
             error!(consent_id = %id, error = log_text(&e), "could not mark an abandoned consent");
         }
     }
@@ -1369,13 +1383,10 @@ impl Connections {
             }
         }
         let (saved, changed) = self
-            .transition(record, ConsentEvent::TerminatedByTpp)
+            .transition(record, ConsentEvent::TerminatedByTpp, notify)
             .await?;
         if changed {
             info!(consent_id = %saved.consent_id, bank_id = %saved.bank_id, "connection revoked");
-            if notify {
-                self.after_change(&saved).await;
-            }
         }
         Ok(())
     }
@@ -1399,7 +1410,7 @@ impl Connections {
         };
         let status = connector.consent_status(&bank_consent).await?;
         let (saved, changed) = self
-            .transition(record, ConsentEvent::BankReported(status))
+            .transition(record, ConsentEvent::BankReported(status), true)
             .await?;
         if changed {
             self.after_change(&saved).await;
@@ -1409,10 +1420,17 @@ impl Connections {
 
     /// Applies `event` with a versioned write; on a lost race re-reads and tries once more.
     /// A refused transition (e.g. the consent is already final) is "no change".
+    ///
+    /// With `notify`, the new state's notification (event id `consent:<id>:<state>`) is
+    /// written in the same transaction as the state (the outbox, [`ConsentOutbox`]): both
+    /// or neither, so a failed notification write fails the change and its retry applies
+    /// both. Its webhook is queued after the commit, best effort: what fails there is
+    /// queued by the health job's sweep ([`Self::requeue_pending_webhooks`]).
     async fn transition(
         &self,
         mut record: ConsentRecord,
         event: ConsentEvent,
+        notify: bool,
     ) -> Result<(ConsentRecord, bool), ServiceError> {
         let mut retried = false;
         loop {
@@ -1423,8 +1441,30 @@ impl Connections {
             let mut updated = record.clone();
             updated.state = next;
             updated.updated_at = self.clock.now();
-            match self.consents.update(&updated).await {
-                Ok(saved) => return Ok((saved, true)),
+            let notification = if notify {
+                self.state_notification(&updated)
+            } else {
+                None
+            };
+            let written = match &notification {
+                Some(notification) => {
+                    self.outbox
+                        .update_with_event(&updated, notification, self.notifier.has_webhooks())
+                        .await
+                }
+                None => self
+                    .consents
+                    .update(&updated)
+                    .await
+                    .map(|saved| (saved, false)),
+            };
+            match written {
+                Ok((saved, new)) => {
+                    if let Some(notification) = &notification {
+                        self.queue_webhook(&saved, notification, new).await;
+                    }
+                    return Ok((saved, true));
+                }
                 Err(StoreError::VersionConflict { .. }) if !retried => {
                     retried = true;
                     record = self
@@ -1438,54 +1478,105 @@ impl Connections {
         }
     }
 
-    /// Notifies the user of a state change just written, and supersedes the renewed
-    /// consent when a renewal became valid. Failures are logged, never returned: the change
-    /// itself is stored.
-    async fn after_change(&self, record: &ConsentRecord) {
+    /// The notification announcing that `record` reached its state, if that state is
+    /// announced (event id `consent:<id>:<state>`: one per consent and state).
+    fn state_notification(&self, record: &ConsentRecord) -> Option<Notification> {
         let bank = self.bank_name(&record.bank_id);
-        let texts = match record.state {
-            ConsentState::Valid => Some((
+        let (title, message) = match record.state {
+            ConsentState::Valid => (
                 "Bank connected",
                 format!(
                     "Your connection to {bank} is active until {}.",
                     record.valid_until
                 ),
-            )),
-            ConsentState::Rejected => Some((
+            ),
+            ConsentState::Rejected => (
                 "Bank connection not authorised",
                 format!("The authorisation at {bank} was refused or cancelled."),
-            )),
-            ConsentState::Expired => Some((
+            ),
+            ConsentState::Expired => (
                 "Bank connection expired",
                 format!("Your connection to {bank} has expired."),
-            )),
-            ConsentState::RevokedByPsu => Some((
+            ),
+            ConsentState::RevokedByPsu => (
                 "Bank connection revoked",
                 format!("Your connection to {bank} was revoked at the bank."),
-            )),
-            ConsentState::TerminatedByTpp => Some((
+            ),
+            ConsentState::TerminatedByTpp => (
                 "Bank connection removed",
                 format!("Your connection to {bank} has been removed."),
-            )),
+            ),
             ConsentState::PendingAuthorization
             | ConsentState::PartiallyAuthorised
-            | ConsentState::Superseded => None,
+            | ConsentState::Superseded => return None,
         };
-        if let Some((title, message)) = texts {
-            self.notify(
-                record,
-                format!("consent:{}:{}", record.consent_id, record.state.as_str()),
-                &format!("consent.{}", record.state.as_str()),
-                title,
-                message,
-                json!({
-                    "connectionId": record.consent_id,
-                    "bankId": record.bank_id,
-                    "status": record.state,
-                }),
-            )
-            .await;
+        Some(Notification {
+            user_id: record.user_id.clone(),
+            notification_id: NotificationId::new(),
+            event_id: format!("consent:{}:{}", record.consent_id, record.state.as_str()),
+            kind: format!("consent.{}", record.state.as_str()),
+            title: title.to_owned(),
+            message,
+            data: json!({
+                "connectionId": record.consent_id,
+                "bankId": record.bank_id,
+                "status": record.state,
+            }),
+            created_at: self.clock.now(),
+        })
+    }
+
+    /// After a state change and its notification committed: queues the webhook; a failure
+    /// is logged and left to the sweep (the event stays in the pending-webhook index).
+    async fn queue_webhook(&self, record: &ConsentRecord, notification: &Notification, new: bool) {
+        if new {
+            info!(consent_id = %record.consent_id, kind = %notification.kind, "user notified");
         }
+        if let Err(e) = self.notifier.enqueue(notification, new).await {
+            warn!(consent_id = %record.consent_id, kind = %notification.kind, error = %e,
+                "could not queue a webhook; the health job's sweep queues it later");
+        }
+    }
+
+    /// Queues the webhooks of stored state-change events whose queueing failed (written
+    /// with the pending-webhook mark, not marked queued, created before `created_before`),
+    /// at most `limit`; nothing without a webhook queue. Each event is re-read
+    /// (consistently) and queued only while its `webhookQueuedAt` is unset. Returns how
+    /// many were queued and how many failed (left for the next sweep).
+    ///
+    /// # Errors
+    /// The index could not be read.
+    pub(crate) async fn requeue_pending_webhooks(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<(u32, u32), StoreError> {
+        if !self.notifier.has_webhooks() {
+            return Ok((0, 0));
+        }
+        let pending = self.outbox.pending_webhooks(created_before, limit).await?;
+        let (mut queued, mut failed) = (0, 0);
+        for notification in pending {
+            match self.notifier.enqueue(&notification, false).await {
+                Ok(true) => {
+                    info!(event_id = %notification.event_id, kind = %notification.kind,
+                        "webhook queued by the sweep");
+                    queued += 1;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(event_id = %notification.event_id, error = %e,
+                        "the sweep could not queue a webhook");
+                    failed += 1;
+                }
+            }
+        }
+        Ok((queued, failed))
+    }
+
+    /// After a state change was written: supersedes the renewed consent when a renewal
+    /// became valid (its notification was written with the change).
+    async fn after_change(&self, record: &ConsentRecord) {
         if record.state == ConsentState::Valid
             && let Some(old_id) = &record.renewal_of
         {
@@ -1496,7 +1587,7 @@ impl Connections {
     /// The renewed consent is replaced by its now valid renewal.
     async fn supersede(&self, user: &UserId, old_id: &ConsentId) {
         let result = match self.consents.get(user, old_id).await {
-            Ok(Some(old)) => self.transition(old, ConsentEvent::Superseded).await,
+            Ok(Some(old)) => self.transition(old, ConsentEvent::Superseded, false).await,
             Ok(None) => return,
             Err(e) => Err(e.into()),
         };
@@ -1506,25 +1597,6 @@ impl Connections {
             Err(e) => {
                 error!(consent_id = %old_id, error = log_text(&e), "could not supersede a consent")
             }
-        }
-    }
-
-    /// Stores one inbox notification (once per event id); failures are logged.
-    async fn notify(
-        &self,
-        record: &ConsentRecord,
-        event_id: String,
-        kind: &str,
-        title: &str,
-        message: String,
-        data: Value,
-    ) {
-        if let Err(e) = self
-            .notify_checked(record, event_id, kind, title, message, data)
-            .await
-        {
-            error!(consent_id = %record.consent_id, kind, error = %e,
-                "could not store or queue a notification");
         }
     }
 
@@ -1731,6 +1803,7 @@ pub async fn connections_from_env(sdk: &aws_config::SdkConfig) -> Result<Connect
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
     let consents_table = var("CONSENTS_TABLE")?;
+    let notifications_table = var("NOTIFICATIONS_TABLE")?;
     let registry = BankRegistry::from_env().map_err(|e| e.to_string())?;
     let banks = registry.connectors().map_err(|e| e.to_string())?;
     let signer = StateSigner::new(var("SCA_STATE_SECRET")?.as_bytes())
@@ -1742,11 +1815,16 @@ pub async fn connections_from_env(sdk: &aws_config::SdkConfig) -> Result<Connect
         )),
         nonces: Arc::new(crate::store::DynamoNonceStore::new(
             dynamodb.clone(),
+            consents_table.clone(),
+        )),
+        outbox: Arc::new(crate::store::DynamoConsentOutbox::new(
+            dynamodb.clone(),
             consents_table,
+            notifications_table.clone(),
         )),
         notifications: Arc::new(crate::store::DynamoNotificationStore::new(
             dynamodb.clone(),
-            var("NOTIFICATIONS_TABLE")?,
+            notifications_table,
         )),
         bank_data: std::env::var("BANK_DATA_TABLE")
             .ok()
@@ -2904,5 +2982,123 @@ mod tests {
             .filter(|n| n.kind == "consent.terminated_by_tpp")
             .count();
         assert_eq!(terminated, 1);
+    }
+
+    // ---- outbox: a state change and its notification commit together ----------------
+
+    #[tokio::test]
+    async fn a_failed_notification_write_fails_the_callback_and_the_retry_applies_both_once() {
+        let h = harness();
+        let created = h.connect(&alice(), json!({"bankId": "lt-alpha"})).await;
+        let id = created.connection_id.clone();
+        let pending = h.consents.one(&id);
+        h.alpha.answer_status(Ok(ConsentStatus::Valid));
+        h.notes.fail_next_put();
+
+        let outcome = h.svc.sca_callback(&ok_query(&h.alpha)).await;
+        assert_eq!(page_status(&outcome), 500, "{}", page_message(&outcome));
+        // Nothing half-applied: the state is unchanged, no notification, no webhook.
+        assert_eq!(h.consents.one(&id), pending);
+        assert!(h.notes.all().is_empty());
+        assert!(h.webhooks.event_ids().is_empty());
+
+        // The app refreshes the connection: the bank is asked again, both are written.
+        let view = h.svc.get(&alice(), id.as_str()).await.unwrap();
+        assert_eq!(view.status, ConsentState::Valid);
+        let stored = h.consents.one(&id);
+        assert_eq!(stored.state, ConsentState::Valid);
+        assert_eq!(stored.version, pending.version + 1);
+        let event = format!("consent:{id}:valid");
+        let events: Vec<_> = h.notes.all().into_iter().map(|n| n.event_id).collect();
+        assert_eq!(events, std::slice::from_ref(&event));
+        assert_eq!(h.webhooks.event_ids(), [event]);
+
+        // Once: another refresh finds nothing to change.
+        h.svc.get(&alice(), id.as_str()).await.unwrap();
+        assert_eq!(h.consents.one(&id), stored);
+        assert_eq!(h.notes.all().len(), 1);
+        assert_eq!(h.webhooks.event_ids().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_notification_write_fails_the_revocation_and_its_retry_applies_both() {
+        let h = harness();
+        let created = h.valid_connection().await;
+        let id = created.connection_id.as_str();
+        let valid = h.consents.one(&created.connection_id);
+        h.notes.fail_next_put();
+        let error = h.svc.revoke(&alice(), id).await.unwrap_err();
+        assert!(matches!(error, ServiceError::Store(_)), "{error:?}");
+        assert_eq!(h.consents.one(&created.connection_id), valid);
+        assert!(h.notes.of_kind("consent.terminated_by_tpp").is_empty());
+
+        h.svc.revoke(&alice(), id).await.unwrap();
+        assert_eq!(
+            h.consents.one(&created.connection_id).state,
+            ConsentState::TerminatedByTpp
+        );
+        assert_eq!(h.notes.of_kind("consent.terminated_by_tpp").len(), 1);
+        assert_eq!(
+            h.webhooks.event_ids(),
+            [
+                format!("consent:{id}:valid"),
+                format!("consent:{id}:terminated_by_tpp")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_stored_already_is_kept_and_the_state_change_still_applies() {
+        let h = harness();
+        let created = h.connect(&alice(), json!({"bankId": "lt-alpha"})).await;
+        let id = created.connection_id.clone();
+        // An earlier attempt (or the pre-outbox path) stored the event, and its webhook
+        // was never queued.
+        let earlier = Notification {
+            user_id: alice(),
+            notification_id: NotificationId::new(),
+            event_id: format!("consent:{id}:valid"),
+            kind: "consent.valid".into(),
+            title: "Bank connected".into(),
+            message: "stored earlier".into(),
+            data: json!({"connectionId": id}),
+            created_at: h.clock.now(),
+        };
+        assert!(h.notes.put(&earlier).await.unwrap());
+        h.alpha.answer_status(Ok(ConsentStatus::Valid));
+
+        let outcome = h.svc.sca_callback(&ok_query(&h.alpha)).await;
+        assert_eq!(page_status(&outcome), 200, "{}", page_message(&outcome));
+        assert_eq!(h.consents.one(&id).state, ConsentState::Valid);
+        assert_eq!(
+            h.notes.all(),
+            std::slice::from_ref(&earlier),
+            "no second notification"
+        );
+        // Its webhook is queued now, once, for the stored notification.
+        let sent = h.webhooks.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1);
+        let message: crate::webhook::WebhookMessage = serde_json::from_str(&sent[0]).unwrap();
+        assert_eq!(message.notification_id, earlier.notification_id);
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_in_the_outbox_writes_no_notification() {
+        let h = harness();
+        let created = h.connect(&alice(), json!({"bankId": "lt-alpha"})).await;
+        let id = created.connection_id.clone();
+        // Just before our transaction, another writer removes the connection: the version
+        // check fails, the fresh read finds it final, so there is nothing to announce.
+        let (user, key) = (alice(), id.clone());
+        h.consents.before_update_of(&id, move |items| {
+            let stored = items.get_mut(&(user, key)).unwrap();
+            stored.state = ConsentState::TerminatedByTpp;
+            stored.version += 1;
+        });
+        h.alpha.answer_status(Ok(ConsentStatus::Valid));
+        h.svc.sca_callback(&ok_query(&h.alpha)).await;
+        assert_eq!(h.consents.one(&id).state, ConsentState::TerminatedByTpp);
+        assert!(h.notes.all().is_empty(), "{:?}", h.notes.all());
+        assert!(h.webhooks.event_ids().is_empty());
     }
 }

@@ -39,11 +39,17 @@
 //! derived id and steps, so it is still one renewal. Either way the user is notified
 //! `consent.renewal_required` once (event id `consent:<old>:renewal:<new>`).
 //!
+//! **Webhook sweep.** Every state change is written together with its notification (one
+//! transaction, `crate::store::ConsentOutbox`); its webhook is queued right after, best
+//! effort. A third pass re-queues the events whose webhook was never marked queued (the
+//! queue failed, or the writer crashed after the commit) and that are older than
+//! [`WEBHOOK_SWEEP_AGE`] (so a writer still at work is not raced), at most
+//! [`WEBHOOK_SWEEP_LIMIT`] per run, read from the notifications table's sparse
+//! `ByPendingWebhook` index (no Scan). Only when webhooks are configured.
+//!
 //! **Accepted gaps.** A consent is marked expired even when its renewal failed (bank down):
 //! our state must not claim a validity the bank no longer grants; the user is told it
-//! expired and can connect again (the failure is counted and logged). As in the SCA
-//! callback, a crash between a state write and its notification loses that notification
-//! (the consent has left the index).
+//! expired and can connect again (the failure is counted and logged).
 
 use std::sync::Arc;
 
@@ -61,6 +67,11 @@ use crate::store::ConsentRecord;
 pub const EXPIRY_LOOKBACK_DAYS: u64 = 7;
 /// Consents one run handles at the same time (each waits mostly on its bank).
 pub const HEALTH_CONCURRENCY: usize = 4;
+/// How old an event whose webhook was not queued must be before the sweep queues it: the
+/// writer queues it right after its commit, so younger ones are most likely in flight.
+pub const WEBHOOK_SWEEP_AGE: chrono::Duration = chrono::Duration::minutes(2);
+/// Most webhooks one run re-queues (the rest waits for the next run).
+pub const WEBHOOK_SWEEP_LIMIT: usize = 1000;
 
 /// What one run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -74,6 +85,8 @@ pub struct HealthReport {
     pub checked: u32,
     /// Renewals this run started for consents that lapsed.
     pub renewals_started: u32,
+    /// Webhooks of earlier state changes whose queueing had failed, queued by this run.
+    pub webhooks_requeued: u32,
     /// Bank calls, renewals, writes or index reads that failed (the next run retries what
     /// is still due).
     pub failed: u32,
@@ -85,6 +98,7 @@ impl std::ops::AddAssign for HealthReport {
         self.mirrored += other.mirrored;
         self.checked += other.checked;
         self.renewals_started += other.renewals_started;
+        self.webhooks_requeued += other.webhooks_requeued;
         self.failed += other.failed;
     }
 }
@@ -160,6 +174,21 @@ impl Health {
         }
         drain(&mut running, &mut report).await;
 
+        match self
+            .connections
+            .requeue_pending_webhooks(now - WEBHOOK_SWEEP_AGE, WEBHOOK_SWEEP_LIMIT)
+            .await
+        {
+            Ok((queued, failed)) => {
+                report.webhooks_requeued += queued;
+                report.failed += failed;
+            }
+            Err(e) => {
+                error!(error = %e, "could not read the events awaiting their webhook");
+                report.failed += 1;
+            }
+        }
+
         info!(
             now = %now,
             hours = ?hours,
@@ -167,6 +196,7 @@ impl Health {
             mirrored = report.mirrored,
             checked = report.checked,
             renewals_started = report.renewals_started,
+            webhooks_requeued = report.webhooks_requeued,
             failed = report.failed,
             "health run finished"
         );
@@ -663,6 +693,99 @@ mod tests {
         assert_eq!(
             notes_for(&h, "consent.terminated_by_tpp", &at_beta).len(),
             1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_webhook_whose_queueing_failed_is_queued_by_the_sweep_exactly_once() {
+        let h = harness();
+        let fine = linked(&h, &alice(), "lt-alpha", 90).await;
+        // The queue fails right after the commit of the next state change.
+        let body = json!({"bankId": "lv-beta", "validDays": 90}).to_string();
+        let created = h.svc.connect(&bob(), body.as_bytes(), ip()).await.unwrap();
+        let id = created.connection_id;
+        h.beta.answer_status(Ok(ConsentStatus::Valid));
+        *h.webhooks.failing.lock().unwrap() = 1;
+        h.svc.sca_callback(&ok_query(&h.beta)).await;
+        h.beta.answer_status(Ok(ConsentStatus::Received));
+        assert_eq!(h.consents.one(&id).state, ConsentState::Valid);
+        let event = format!("consent:{id}:valid");
+        assert_eq!(notes_for(&h, "consent.valid", &id).len(), 1);
+        let fine_event = format!("consent:{fine}:valid");
+        assert_eq!(h.webhooks.event_ids(), std::slice::from_ref(&fine_event));
+
+        // Too young: the writer may still be at work.
+        h.clock.advance(Duration::minutes(1));
+        assert_eq!(
+            job(&h).run_hours(h.clock.now(), []).await,
+            HealthReport::default()
+        );
+        assert_eq!(h.webhooks.event_ids().len(), 1);
+
+        h.clock.advance(Duration::minutes(2));
+        let report = job(&h).run_hours(h.clock.now(), []).await;
+        assert_eq!(
+            report,
+            HealthReport {
+                webhooks_requeued: 1,
+                ..HealthReport::default()
+            }
+        );
+        assert_eq!(h.webhooks.event_ids(), [fine_event.clone(), event.clone()]);
+
+        // Exactly once: later runs find nothing pending.
+        h.clock.advance(Duration::hours(1));
+        assert_eq!(
+            job(&h).run_hours(h.clock.now(), []).await,
+            HealthReport::default()
+        );
+        assert_eq!(h.webhooks.event_ids(), [fine_event, event]);
+        assert_eq!(notes_for(&h, "consent.valid", &id).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_whose_send_fails_counts_it_and_the_next_one_queues_it() {
+        let h = harness();
+        let body = json!({"bankId": "lt-alpha", "validDays": 90}).to_string();
+        let created = h
+            .svc
+            .connect(&alice(), body.as_bytes(), ip())
+            .await
+            .unwrap();
+        h.alpha.answer_status(Ok(ConsentStatus::Valid));
+        *h.webhooks.failing.lock().unwrap() = 2;
+        h.svc.sca_callback(&ok_query(&h.alpha)).await;
+        h.alpha.answer_status(Ok(ConsentStatus::Received));
+        h.clock.advance(Duration::minutes(5));
+        let report = job(&h).run_hours(h.clock.now(), []).await;
+        assert_eq!((report.webhooks_requeued, report.failed), (0, 1));
+        let report = job(&h).run_hours(h.clock.now(), []).await;
+        assert_eq!((report.webhooks_requeued, report.failed), (1, 0));
+        assert_eq!(
+            h.webhooks.event_ids(),
+            [format!("consent:{}:valid", created.connection_id)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_notification_write_leaves_the_consent_for_the_next_run() {
+        let h = harness();
+        let id = linked(&h, &alice(), "lt-alpha", 90).await;
+        let valid = h.consents.one(&id);
+        h.alpha.answer_status(Ok(ConsentStatus::RevokedByPsu));
+        h.notes.fail_next_put();
+        let report = job(&h).run_hours(h.clock.now(), ALL).await;
+        assert_eq!((report.mirrored, report.failed), (0, 1), "{report:?}");
+        assert_eq!(h.consents.one(&id), valid, "nothing half-applied");
+        assert!(notes_for(&h, "consent.revoked_by_psu", &id).is_empty());
+
+        let report = job(&h).run_hours(h.clock.now(), ALL).await;
+        assert_eq!((report.mirrored, report.failed), (1, 0), "{report:?}");
+        assert_eq!(h.consents.one(&id).state, ConsentState::RevokedByPsu);
+        assert_eq!(notes_for(&h, "consent.revoked_by_psu", &id).len(), 1);
+        assert_eq!(
+            h.webhooks.event_ids().last(),
+            Some(&format!("consent:{id}:revoked_by_psu"))
         );
     }
 }

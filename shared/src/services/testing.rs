@@ -26,8 +26,8 @@ use crate::domain::{
 };
 use crate::sca_state::StateSigner;
 use crate::store::{
-    ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore, StoreError,
-    StoredEvent, WebhookMark, WebhookMarks, health_hour,
+    ConsentOutbox, ConsentRecord, ConsentStore, NonceStore, Notification, NotificationStore,
+    StoreError, StoredEvent, WebhookMark, WebhookMarks, health_hour,
 };
 
 // ---- doubles ---------------------------------------------------------------------
@@ -106,6 +106,96 @@ fn injected() -> StoreError {
     StoreError::Backend("injected failure".into())
 }
 
+impl MemConsents {
+    /// The versioned write of `consent` (injected failures, the hook, the version check),
+    /// with `also` run under the store's lock just before the consent is written: when
+    /// `also` fails, nothing is written (one transaction).
+    async fn write<T>(
+        &self,
+        consent: &ConsentRecord,
+        also: impl FnOnce(&ConsentRecord) -> Result<T, StoreError>,
+    ) -> Result<(ConsentRecord, T), StoreError> {
+        {
+            let mut failing = self.failing_updates.lock().unwrap();
+            if let Some(at) = failing.iter().position(|(id, _)| id == &consent.consent_id) {
+                if failing[at].1 == 0 {
+                    failing.remove(at);
+                    return Err(injected());
+                }
+                failing[at].1 -= 1;
+            }
+        }
+        let hook = {
+            let mut slot = self.hook.lock().unwrap();
+            match slot.take() {
+                Some((id, hook)) if id == consent.consent_id => Some(hook),
+                other => {
+                    *slot = other;
+                    None
+                }
+            }
+        };
+        let mut items = self.items.lock().unwrap();
+        if let Some(hook) = hook {
+            hook(&mut items);
+        }
+        let key = (consent.user_id.clone(), consent.consent_id.clone());
+        let stored = items.get(&key).ok_or(StoreError::NotFound)?;
+        if stored.version != consent.version {
+            return Err(StoreError::VersionConflict {
+                expected: consent.version,
+            });
+        }
+        let mut written = consent.clone();
+        written.version += 1;
+        let also = also(&written)?;
+        items.insert(key, written.clone());
+        Ok((written, also))
+    }
+}
+
+/// The outbox over a [`MemConsents`] and a [`MemNotifications`]: the consent's versioned
+/// write and the notification commit together (under the consents' lock), or neither
+/// when either fails (the injected failures of both doubles apply).
+pub(crate) struct MemOutbox {
+    pub(crate) consents: Arc<MemConsents>,
+    pub(crate) notes: Arc<MemNotifications>,
+}
+
+#[async_trait]
+impl ConsentOutbox for MemOutbox {
+    async fn update_with_event(
+        &self,
+        consent: &ConsentRecord,
+        notification: &Notification,
+        pending_webhook: bool,
+    ) -> Result<(ConsentRecord, bool), StoreError> {
+        tokio::task::yield_now().await;
+        self.consents
+            .write(consent, |_| self.notes.store(notification, pending_webhook))
+            .await
+    }
+
+    async fn pending_webhooks(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        tokio::task::yield_now().await;
+        let pending = self.notes.pending.lock().unwrap().clone();
+        Ok(self
+            .notes
+            .all()
+            .into_iter()
+            .filter(|n| {
+                n.created_at < created_before
+                    && pending.contains(&(n.user_id.clone(), n.event_id.clone()))
+            })
+            .take(limit)
+            .collect())
+    }
+}
+
 #[async_trait]
 impl ConsentStore for MemConsents {
     async fn insert(&self, consent: &ConsentRecord) -> Result<(), StoreError> {
@@ -154,41 +244,9 @@ impl ConsentStore for MemConsents {
 
     async fn update(&self, consent: &ConsentRecord) -> Result<ConsentRecord, StoreError> {
         tokio::task::yield_now().await;
-        {
-            let mut failing = self.failing_updates.lock().unwrap();
-            if let Some(at) = failing.iter().position(|(id, _)| id == &consent.consent_id) {
-                if failing[at].1 == 0 {
-                    failing.remove(at);
-                    return Err(injected());
-                }
-                failing[at].1 -= 1;
-            }
-        }
-        let hook = {
-            let mut slot = self.hook.lock().unwrap();
-            match slot.take() {
-                Some((id, hook)) if id == consent.consent_id => Some(hook),
-                other => {
-                    *slot = other;
-                    None
-                }
-            }
-        };
-        let mut items = self.items.lock().unwrap();
-        if let Some(hook) = hook {
-            hook(&mut items);
-        }
-        let key = (consent.user_id.clone(), consent.consent_id.clone());
-        let stored = items.get(&key).ok_or(StoreError::NotFound)?;
-        if stored.version != consent.version {
-            return Err(StoreError::VersionConflict {
-                expected: consent.version,
-            });
-        }
-        let mut written = consent.clone();
-        written.version += 1;
-        items.insert(key, written.clone());
-        Ok(written)
+        self.write(consent, |_| Ok(()))
+            .await
+            .map(|(written, ())| written)
     }
 
     async fn valid_until_on(&self, day: NaiveDate) -> Result<Vec<ConsentRecord>, StoreError> {
@@ -282,6 +340,9 @@ impl crate::queue::Queue for RecordingQueue {
 pub(crate) struct MemNotifications {
     items: Mutex<Vec<Notification>>,
     marks: Mutex<HashMap<(UserId, String), WebhookMarks>>,
+    /// Events in the pending-webhook index (written by the outbox with the mark, not
+    /// marked queued yet).
+    pending: Mutex<HashSet<(UserId, String)>>,
     failing_puts: Mutex<u32>,
 }
 
@@ -295,16 +356,17 @@ impl MemNotifications {
         self.all().into_iter().filter(|n| n.kind == kind).collect()
     }
 
-    /// The next put fails with a backend error (nothing is stored).
+    /// The next put (also the outbox's) fails with a backend error (nothing is stored).
     pub(crate) fn fail_next_put(&self) {
         *self.failing_puts.lock().unwrap() += 1;
     }
-}
 
-#[async_trait]
-impl NotificationStore for MemNotifications {
-    async fn put(&self, notification: &Notification) -> Result<bool, StoreError> {
-        tokio::task::yield_now().await;
+    /// Stores the notification unless its event is stored; `true` when new.
+    fn store(
+        &self,
+        notification: &Notification,
+        pending_webhook: bool,
+    ) -> Result<bool, StoreError> {
         {
             let mut failing = self.failing_puts.lock().unwrap();
             if *failing > 0 {
@@ -320,7 +382,21 @@ impl NotificationStore for MemNotifications {
             return Ok(false);
         }
         all.push(notification.clone());
+        if pending_webhook {
+            self.pending
+                .lock()
+                .unwrap()
+                .insert((notification.user_id.clone(), notification.event_id.clone()));
+        }
         Ok(true)
+    }
+}
+
+#[async_trait]
+impl NotificationStore for MemNotifications {
+    async fn put(&self, notification: &Notification) -> Result<bool, StoreError> {
+        tokio::task::yield_now().await;
+        self.store(notification, false)
     }
 
     async fn get_event(
@@ -359,7 +435,13 @@ impl NotificationStore for MemNotifications {
             .entry((user.clone(), event_id.to_owned()))
             .or_default();
         let slot = match mark {
-            WebhookMark::Queued => &mut m.webhook_queued_at,
+            WebhookMark::Queued => {
+                self.pending
+                    .lock()
+                    .unwrap()
+                    .remove(&(user.clone(), event_id.to_owned()));
+                &mut m.webhook_queued_at
+            }
             WebhookMark::Delivered => &mut m.webhook_delivered_at,
             WebhookMark::Failed(why) => {
                 if m.webhook_delivered_at.is_some() {
@@ -608,6 +690,10 @@ pub(crate) fn harness() -> Harness {
     banks.insert(beta.id.clone(), beta.clone());
     let svc = Arc::new(Connections::new(ConnectionsDeps {
         consents: consents.clone(),
+        outbox: Arc::new(MemOutbox {
+            consents: consents.clone(),
+            notes: notes.clone(),
+        }),
         nonces: nonces.clone(),
         notifications: notes.clone(),
         webhooks: Some(webhooks.clone()),

@@ -8,15 +8,18 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
 use chrono::NaiveDate;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ConsentRecord, ConsentStore, IdempotencyRecord, IdempotencyStore, NonceStore, Notification,
-    NotificationStore, PaymentPage, PaymentRecord, PaymentState, PaymentStore, StoreError,
-    StoredEvent, WebhookMark, WebhookMarks, health_hour, index_shard,
+    ConsentOutbox, ConsentRecord, ConsentStore, IdempotencyRecord, IdempotencyStore, NonceStore,
+    Notification, NotificationStore, PaymentPage, PaymentRecord, PaymentState, PaymentStore,
+    StoreError, StoredEvent, WebhookMark, WebhookMarks, event_shard, health_hour, index_shard,
 };
 use crate::domain::{ConsentId, ConsentState, PaymentId, UserId};
 
@@ -31,6 +34,9 @@ pub const RENEWAL_INDEX: &str = "ByValidUntil";
 /// Name of the consents table's sparse index of valid consents by health hour (from
 /// template.yaml), read by the health job.
 pub const HEALTH_INDEX: &str = "ByHealthHour";
+/// Name of the notifications table's sparse index of events whose webhook was not queued
+/// yet (from template.yaml), read by the health job's webhook sweep.
+pub const PENDING_WEBHOOK_INDEX: &str = "ByPendingWebhook";
 
 pub(super) fn user_pk(user: &UserId) -> String {
     format!("USER#{}", user.as_str())
@@ -589,83 +595,110 @@ impl DynamoNotificationStore {
     }
 }
 
+/// The two items of a notification: the event's guard (`sk = EVENT#<event id>`, with a
+/// copy of the notification, so the webhook sender finds an event with one GetItem, and
+/// the event's webhook markers) and the inbox item (`sk = NOTIF#<created_at>#<id>`).
+fn notification_items(notification: &Notification) -> Result<(Item, Item), StoreError> {
+    let pk = user_pk(&notification.user_id);
+    let expires = AttributeValue::N(
+        (notification.created_at.timestamp() + NOTIFICATION_RETENTION_DAYS * 86_400).to_string(),
+    );
+    let mut item = to_item(notification)?;
+    item.insert("pk".into(), s(pk.clone()));
+    item.insert(
+        "sk".into(),
+        s(format!(
+            "NOTIF#{}#{}",
+            micros(notification.created_at),
+            notification.notification_id
+        )),
+    );
+    item.insert("expiresAt".into(), expires.clone());
+    let mut guard = to_item(notification)?;
+    guard.extend([
+        ("pk".to_owned(), s(pk)),
+        (
+            "sk".to_owned(),
+            s(format!("EVENT#{}", notification.event_id)),
+        ),
+        ("expiresAt".to_owned(), expires),
+    ]);
+    Ok((guard, item))
+}
+
+fn micros(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// The `ByPendingWebhook` partition of a shard: `WEBHOOK#3`.
+pub fn pending_webhook_bucket(shard: u32) -> String {
+    format!("WEBHOOK#{shard}")
+}
+
+fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// The put of a guard item: only if no event with its id is stored.
+fn guard_put(table: &str, guard: Item) -> Result<TransactWriteItem, StoreError> {
+    Ok(TransactWriteItem::builder()
+        .put(
+            Put::builder()
+                .table_name(table)
+                .set_item(Some(guard))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(build_error)?,
+        )
+        .build())
+}
+
+fn plain_put(table: &str, item: Item) -> Result<TransactWriteItem, StoreError> {
+    Ok(TransactWriteItem::builder()
+        .put(
+            Put::builder()
+                .table_name(table)
+                .set_item(Some(item))
+                .build()
+                .map_err(build_error)?,
+        )
+        .build())
+}
+
+/// The cancellation reasons of a cancelled transaction, one per item in request order;
+/// `None` for any other error.
+fn cancellation_reasons(
+    err: &SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> Option<&[CancellationReason]> {
+    match err.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+            Some(c.cancellation_reasons())
+        }
+        _ => None,
+    }
+}
+
+fn condition_failed(reasons: &[CancellationReason], index: usize) -> bool {
+    reasons.get(index).and_then(|r| r.code()) == Some("ConditionalCheckFailed")
+}
+
 #[async_trait]
 impl NotificationStore for DynamoNotificationStore {
     async fn put(&self, notification: &Notification) -> Result<bool, StoreError> {
-        use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
-        let pk = user_pk(&notification.user_id);
-        let expires = AttributeValue::N(
-            (notification.created_at.timestamp() + NOTIFICATION_RETENTION_DAYS * 86_400)
-                .to_string(),
-        );
-        let mut item = to_item(notification)?;
-        item.insert("pk".into(), s(pk.clone()));
-        item.insert(
-            "sk".into(),
-            s(format!(
-                "NOTIF#{}#{}",
-                notification.created_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
-                notification.notification_id
-            )),
-        );
-        item.insert("expiresAt".into(), expires.clone());
-        // The guard carries a copy of the notification, so the webhook sender finds an
-        // event with one GetItem, and the event's webhook markers (`WebhookMarks`).
-        let mut guard = to_item(notification)?;
-        guard.extend([
-            ("pk".to_owned(), s(pk)),
-            (
-                "sk".to_owned(),
-                s(format!("EVENT#{}", notification.event_id)),
-            ),
-            ("expiresAt".to_owned(), expires),
-        ]);
-        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Backend(e.to_string());
+        let (guard, item) = notification_items(notification)?;
         let result = self
             .client
             .transact_write_items()
-            .transact_items(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(guard))
-                            .condition_expression("attribute_not_exists(pk)")
-                            .build()
-                            .map_err(build)?,
-                    )
-                    .build(),
-            )
-            .transact_items(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(item))
-                            .build()
-                            .map_err(build)?,
-                    )
-                    .build(),
-            )
+            .transact_items(guard_put(&self.table, guard)?)
+            .transact_items(plain_put(&self.table, item)?)
             .send()
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(err) => {
-                let duplicate = err.as_service_error().is_some_and(|e| match e {
-                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => c
-                        .cancellation_reasons()
-                        .first()
-                        .and_then(|r| r.code())
-                        == Some("ConditionalCheckFailed"),
-                    _ => false,
-                });
-                if duplicate {
-                    Ok(false)
-                } else {
-                    Err(backend(err))
-                }
+            Err(err) if cancellation_reasons(&err).is_some_and(|r| condition_failed(r, 0)) => {
+                Ok(false)
             }
+            Err(err) => Err(backend(err)),
         }
     }
 
@@ -709,8 +742,9 @@ impl NotificationStore for DynamoNotificationStore {
             .key("sk", s(format!("EVENT#{event_id}")))
             .expression_attribute_values(":at", at);
         let request = match mark {
+            // Queued: the event leaves the pending-webhook index (when it was in it).
             WebhookMark::Queued => request
-                .update_expression("SET webhookQueuedAt = :at")
+                .update_expression("SET webhookQueuedAt = :at REMOVE gsi1pk, gsi1sk")
                 .condition_expression(
                     "attribute_exists(pk) AND attribute_not_exists(webhookQueuedAt)",
                 ),
@@ -758,6 +792,162 @@ impl NotificationStore for DynamoNotificationStore {
             .into_iter()
             .map(from_item)
             .collect()
+    }
+}
+
+// ---------------------------------------------------------------- outbox
+
+/// [`ConsentOutbox`] over the consents and notifications tables: one `TransactWriteItems`
+/// of three Puts, in this order (cancellation reasons are read by index):
+///
+/// 0. the consent at `version + 1`, if the stored one is at `version` (`ALL_OLD` on a
+///    failed condition tells a lost race from a missing item without another read);
+/// 1. the event's guard, if no event with its id is stored (with the pending-webhook
+///    index keys when asked);
+/// 2. the inbox item.
+///
+/// When only the guard's condition failed, the event is stored already (an earlier
+/// attempt, or the pre-outbox path): the consent alone is then written with the plain
+/// versioned Put, and the stored event is kept.
+#[derive(Clone, Debug)]
+pub struct DynamoConsentOutbox {
+    client: Client,
+    consents_table: String,
+    notifications_table: String,
+}
+
+impl DynamoConsentOutbox {
+    pub fn new(
+        client: Client,
+        consents_table: impl Into<String>,
+        notifications_table: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            consents_table: consents_table.into(),
+            notifications_table: notifications_table.into(),
+        }
+    }
+}
+
+const CONSENT_AT: usize = 0;
+const GUARD_AT: usize = 1;
+
+#[async_trait]
+impl ConsentOutbox for DynamoConsentOutbox {
+    async fn update_with_event(
+        &self,
+        consent: &ConsentRecord,
+        notification: &Notification,
+        pending_webhook: bool,
+    ) -> Result<(ConsentRecord, bool), StoreError> {
+        if notification.user_id != consent.user_id {
+            return Err(StoreError::Corrupt(
+                "a consent's notification must be for the consent's user".into(),
+            ));
+        }
+        let mut next = consent.clone();
+        next.version = consent.version + 1;
+        let consent_item = DynamoConsentStore::item(&next)?;
+        let (mut guard, item) = notification_items(notification)?;
+        if pending_webhook {
+            guard.insert(
+                "gsi1pk".into(),
+                s(pending_webhook_bucket(event_shard(&notification.event_id))),
+            );
+            guard.insert("gsi1sk".into(), s(micros(notification.created_at)));
+        }
+        let versioned = TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.consents_table)
+                    .set_item(Some(consent_item.clone()))
+                    .condition_expression("attribute_exists(pk) AND #v = :expected")
+                    .expression_attribute_names("#v", "version")
+                    .expression_attribute_values(
+                        ":expected",
+                        AttributeValue::N(consent.version.to_string()),
+                    )
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    )
+                    .build()
+                    .map_err(build_error)?,
+            )
+            .build();
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(versioned)
+            .transact_items(guard_put(&self.notifications_table, guard)?)
+            .transact_items(plain_put(&self.notifications_table, item)?)
+            .send()
+            .await;
+        let err = match result {
+            Ok(_) => return Ok((next, true)),
+            Err(err) => err,
+        };
+        let Some(reasons) = cancellation_reasons(&err) else {
+            return Err(backend(err));
+        };
+        if condition_failed(reasons, CONSENT_AT) {
+            let exists = reasons[CONSENT_AT].item().is_some_and(|i| !i.is_empty());
+            return Err(if exists {
+                StoreError::VersionConflict {
+                    expected: consent.version,
+                }
+            } else {
+                StoreError::NotFound
+            });
+        }
+        if condition_failed(reasons, GUARD_AT) {
+            // The event is stored already: apply the state change alone.
+            put_versioned(
+                &self.client,
+                &self.consents_table,
+                consent_item,
+                consent.version,
+            )
+            .await?;
+            return Ok((next, false));
+        }
+        Err(backend(err))
+    }
+
+    async fn pending_webhooks(
+        &self,
+        created_before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let mut out = Vec::new();
+        for shard in 0..super::CONSENT_INDEX_SHARDS {
+            let mut start: Option<Item> = None;
+            while out.len() < limit {
+                let remaining = i32::try_from(limit - out.len()).unwrap_or(i32::MAX);
+                let page = self
+                    .client
+                    .query()
+                    .table_name(&self.notifications_table)
+                    .index_name(PENDING_WEBHOOK_INDEX)
+                    .key_condition_expression("gsi1pk = :bucket AND gsi1sk < :before")
+                    .expression_attribute_values(":bucket", s(pending_webhook_bucket(shard)))
+                    .expression_attribute_values(":before", s(micros(created_before)))
+                    .limit(remaining)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                for item in page.items.unwrap_or_default() {
+                    out.push(from_item(item)?);
+                }
+                match page.last_evaluated_key {
+                    Some(key) if !key.is_empty() => start = Some(key),
+                    _ => break,
+                }
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
     }
 }
 

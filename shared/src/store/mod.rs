@@ -24,8 +24,8 @@ pub use bank_data::{
     SnapshotMeta, StoredTransaction, TransactionsMeta,
 };
 pub use dynamo::{
-    DynamoConsentStore, DynamoIdempotencyStore, DynamoNonceStore, DynamoNotificationStore,
-    DynamoPaymentStore,
+    DynamoConsentOutbox, DynamoConsentStore, DynamoIdempotencyStore, DynamoNonceStore,
+    DynamoNotificationStore, DynamoPaymentStore,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -106,9 +106,19 @@ pub const CONSENT_INDEX_SHARDS: u32 = 8;
 /// FNV-1a (64 bit) over the consent id's bytes: stable across processes, releases and Rust
 /// versions, so an id's shard and health hour never move.
 fn fnv1a(id: &ConsentId) -> u64 {
-    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+    fnv1a_str(id.as_str())
+}
+
+fn fnv1a_str(value: &str) -> u64 {
+    value.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The shard (`0..CONSENT_INDEX_SHARDS`) of an event awaiting its webhook in the
+/// notifications table's `ByPendingWebhook` index (stable, like [`index_shard`]).
+pub fn event_shard(event_id: &str) -> u32 {
+    (fnv1a_str(event_id) % u64::from(CONSENT_INDEX_SHARDS)) as u32
 }
 
 /// The index shard of a consent (`0..CONSENT_INDEX_SHARDS`).
@@ -353,6 +363,41 @@ pub trait ConsentStore: Send + Sync {
     /// The valid consents whose [`health_hour`] is `hour` (index `ByHealthHour`), every
     /// shard and page: the health job asks their banks for their status in that hour.
     async fn valid_for_health_hour(&self, hour: u32) -> Result<Vec<ConsentRecord>, StoreError>;
+}
+
+/// The transactional outbox of consent state changes: a consent's versioned write and the
+/// notification announcing it commit together or not at all, so a state change is never
+/// stored without its notification (docs/data-model.md, "Outbox").
+#[async_trait]
+pub trait ConsentOutbox: Send + Sync {
+    /// Writes `consent` as [`ConsentStore::update`] does (stored version `consent.version`
+    /// replaced by `version + 1`) and, in the same transaction, stores `notification` once
+    /// per event id, as [`NotificationStore::put`] does. Returns what was written and
+    /// whether the notification was new: when an event with the same id is stored already,
+    /// the consent is still written and the stored event is kept (`false`).
+    ///
+    /// `pending_webhook`: the event is also entered in the pending-webhook index until its
+    /// webhook is marked queued ([`WebhookMark::Queued`]), so [`Self::pending_webhooks`]
+    /// finds it if queueing it fails. Pass `true` only when webhooks are configured.
+    ///
+    /// # Errors
+    /// `VersionConflict` / `NotFound` as [`ConsentStore::update`] (nothing written);
+    /// `Backend` when either table failed (nothing written).
+    async fn update_with_event(
+        &self,
+        consent: &ConsentRecord,
+        notification: &Notification,
+        pending_webhook: bool,
+    ) -> Result<(ConsentRecord, bool), StoreError>;
+
+    /// Events written with `pending_webhook` whose webhook was not marked queued and that
+    /// were created before `created_before`, oldest first per shard, at most `limit`.
+    /// Read from an eventually consistent index: callers re-read each event.
+    async fn pending_webhooks(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError>;
 }
 
 #[async_trait]
