@@ -57,7 +57,13 @@ async fn check(
     ensure!(provisioned.stack_name == stack);
     let table_ids: BTreeSet<_> = provisioned.tables.keys().map(String::as_str).collect();
     ensure!(
-        table_ids == BTreeSet::from(["ConsentsTable", "NotificationsTable", "PaymentsTable"]),
+        table_ids
+            == BTreeSet::from([
+                "BankDataTable",
+                "ConsentsTable",
+                "NotificationsTable",
+                "PaymentsTable"
+            ]),
         "tables: {table_ids:?}"
     );
     let queue_ids: BTreeSet<_> = provisioned.queues.keys().map(String::as_str).collect();
@@ -76,6 +82,8 @@ async fn check(
     ensure!(provisioned.table("ConsentsTable") == format!("{stack}-consents"));
     ensure!(provisioned.table("PaymentsTable") == format!("{stack}-payments"));
     ensure!(provisioned.table("NotificationsTable") == format!("{stack}-notifications"));
+    ensure!(provisioned.table("BankDataTable") == format!("{stack}-bank-data"));
+    check_table(sdk, provisioned.table("BankDataTable"), &[]).await?;
 
     check_table(sdk, provisioned.table("ConsentsTable"), CONSENT_INDEXES).await?;
     check_table(
