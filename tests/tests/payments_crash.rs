@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use async_trait::async_trait;
 use integration_tests::{LocalStack, Sandbox};
 use serde_json::json;
-use shared::domain::{PaymentId, UserId};
+use shared::domain::{BankId, BatchId, PaymentId, UserId};
 use shared::queue::SqsQueue;
 use shared::sca_state::StateSigner;
 use shared::services::SystemClock;
@@ -20,7 +20,7 @@ use shared::services::payments::{
     Payments, PaymentsConfig, PaymentsDeps, PollMessage, PollOutcome,
 };
 use shared::store::{
-    DynamoIdempotencyStore, DynamoNotificationStore, DynamoPaymentStore, PaymentPage,
+    BatchRecord, DynamoIdempotencyStore, DynamoNotificationStore, DynamoPaymentStore, PaymentPage,
     PaymentRecord, PaymentState, PaymentStore, StoreError,
 };
 
@@ -54,6 +54,34 @@ impl PaymentStore for CrashingStore {
         limit: usize,
     ) -> Result<PaymentPage, StoreError> {
         self.inner.list_page(user, state, after, limit).await
+    }
+    async fn batch_items(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.inner.batch_items(user, batch).await
+    }
+    async fn insert_batch(&self, batch: &BatchRecord) -> Result<(), StoreError> {
+        self.inner.insert_batch(batch).await
+    }
+    async fn get_batch(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+    ) -> Result<Option<BatchRecord>, StoreError> {
+        self.inner.get_batch(user, batch).await
+    }
+    async fn update_batch(&self, batch: &BatchRecord) -> Result<BatchRecord, StoreError> {
+        self.inner.update_batch(batch).await
+    }
+    async fn take_rate_slot(
+        &self,
+        bank: &BankId,
+        second: i64,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        self.inner.take_rate_slot(bank, second, limit).await
     }
     async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError> {
         if payment.bank_payment_id.is_some()
@@ -97,6 +125,7 @@ async fn world(lease_secs: i64) -> World {
             local.sqs(),
             local.resources.queue_url("PaymentStatusQueue"),
         )),
+        bulk_queue: None,
         banks: sandbox.connectors(),
         registry: sandbox.registry.clone(),
         signer: StateSigner::new(b"payments-crash-test-secret-0123456789").unwrap(),

@@ -144,6 +144,9 @@ pub struct PaymentsDeps {
     pub webhooks: Option<Arc<dyn Queue>>,
     /// The payment status queue (poll messages with delays).
     pub status_queue: Arc<dyn Queue>,
+    /// The bulk payment queue (one message per batch item); `None` where batches are not
+    /// accepted.
+    pub bulk_queue: Option<Arc<dyn Queue>>,
     pub banks: HashMap<BankId, Arc<dyn BankApi>>,
     pub registry: BankRegistry,
     pub signer: StateSigner,
@@ -157,6 +160,7 @@ pub struct Payments {
     idempotency: Arc<dyn IdempotencyStore>,
     notifier: Notifier,
     status_queue: Arc<dyn Queue>,
+    bulk_queue: Option<Arc<dyn Queue>>,
     banks: HashMap<BankId, Arc<dyn BankApi>>,
     registry: BankRegistry,
     signer: StateSigner,
@@ -275,6 +279,7 @@ impl Payments {
             idempotency: deps.idempotency,
             notifier: Notifier::new(deps.notifications, deps.webhooks, deps.clock.clone()),
             status_queue: deps.status_queue,
+            bulk_queue: deps.bulk_queue,
             banks: deps.banks,
             registry: deps.registry,
             signer: deps.signer,
@@ -404,6 +409,10 @@ impl Payments {
                 ..Default::default()
             },
             outcome_notified: false,
+            batch_id: None,
+            batch_index: None,
+            queued: false,
+            end_to_end_id: None,
             created_at: now,
             updated_at: now,
             version: 0,
@@ -458,7 +467,7 @@ impl Payments {
             creditor_name: record.creditor_name.clone(),
             amount: record.amount,
             remittance: record.remittance.clone(),
-            end_to_end_id: None,
+            end_to_end_id: record.end_to_end_id.clone(),
             psu_ip: record
                 .psu_ip
                 .unwrap_or(super::connections::FALLBACK_RENEWAL_PSU_IP),
@@ -563,12 +572,24 @@ impl Payments {
         key: &str,
         fingerprint: &str,
     ) -> Result<Claim, ServiceError> {
+        self.claim_key_for(user, key, fingerprint, new_payment_id().into_string())
+            .await
+    }
+
+    /// Claims `key` for a new resource `resource_id` (or finds what it is bound to).
+    async fn claim_key_for(
+        &self,
+        user: &UserId,
+        key: &str,
+        fingerprint: &str,
+        resource_id: String,
+    ) -> Result<Claim, ServiceError> {
         let now = self.clock.now();
         let fresh = IdempotencyRecord {
             user_id: user.clone(),
             key_hash: sha256_hex(key.as_bytes()),
             fingerprint: fingerprint.to_owned(),
-            resource_id: new_payment_id().into_string(),
+            resource_id,
             state: IdempotencyState::InFlight,
             locked_until: now + self.config.key_lock,
             response: None,
@@ -1345,7 +1366,11 @@ impl Payments {
     /// Tells the user about a final status (or about polling giving up), once per payment
     /// (event ids are per payment), and marks the record.
     async fn notify_outcome(&self, record: PaymentRecord) -> Result<PaymentRecord, ServiceError> {
-        if record.outcome_notified || !(record.is_final() || record.poll.gave_up) {
+        // Batch items are reported through their batch, not one notification each.
+        if record.outcome_notified
+            || record.batch_id.is_some()
+            || !(record.is_final() || record.poll.gave_up)
+        {
             return Ok(record);
         }
         let amount = format!(
@@ -1584,7 +1609,14 @@ pub async fn payments_from_env(sdk: &aws_config::SdkConfig) -> Result<Payments, 
             .ok()
             .filter(|url| !url.is_empty())
             .map(|url| Arc::new(crate::queue::SqsQueue::new(sqs.clone(), url)) as Arc<dyn Queue>),
-        status_queue: Arc::new(crate::queue::SqsQueue::new(sqs, var(STATUS_QUEUE_URL_ENV)?)),
+        status_queue: Arc::new(crate::queue::SqsQueue::new(
+            sqs.clone(),
+            var(STATUS_QUEUE_URL_ENV)?,
+        )),
+        bulk_queue: std::env::var(bulk::BULK_QUEUE_URL_ENV)
+            .ok()
+            .filter(|url| !url.is_empty())
+            .map(|url| Arc::new(crate::queue::SqsQueue::new(sqs, url)) as Arc<dyn Queue>),
         banks,
         registry,
         signer,
@@ -1592,6 +1624,9 @@ pub async fn payments_from_env(sdk: &aws_config::SdkConfig) -> Result<Payments, 
         clock: Arc::new(super::SystemClock),
     }))
 }
+#[path = "payments_bulk.rs"]
+pub mod bulk;
+
 #[cfg(test)]
 #[path = "payments_tests.rs"]
 mod tests;

@@ -24,6 +24,8 @@ use crate::services::testing::{FixedClock, MemNotifications, SECRET, start, unus
 #[derive(Default)]
 struct MemPayments {
     items: Mutex<HashMap<(UserId, PaymentId), PaymentRecord>>,
+    batches: Mutex<HashMap<(UserId, crate::domain::BatchId), crate::store::BatchRecord>>,
+    slots: Mutex<HashMap<(BankId, i64), u32>>,
     /// Updates to fail (a crash at that write), counted down.
     failing_updates: Mutex<u32>,
 }
@@ -97,6 +99,76 @@ impl PaymentStore for MemPayments {
         payments.truncate(limit);
         let next = more.then(|| payments.last().unwrap().payment_id.clone());
         Ok(PaymentPage { payments, next })
+    }
+
+    async fn batch_items(
+        &self,
+        user: &UserId,
+        batch: &crate::domain::BatchId,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let mut items: Vec<PaymentRecord> = self
+            .all()
+            .into_iter()
+            .filter(|p| &p.user_id == user && p.batch_id.as_ref() == Some(batch))
+            .collect();
+        items.sort_by_key(|p| p.batch_index);
+        Ok(items)
+    }
+
+    async fn insert_batch(&self, batch: &crate::store::BatchRecord) -> Result<(), StoreError> {
+        let mut batches = self.batches.lock().unwrap();
+        let key = (batch.user_id.clone(), batch.batch_id.clone());
+        if batches.contains_key(&key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        batches.insert(key, batch.clone());
+        Ok(())
+    }
+
+    async fn get_batch(
+        &self,
+        user: &UserId,
+        batch: &crate::domain::BatchId,
+    ) -> Result<Option<crate::store::BatchRecord>, StoreError> {
+        Ok(self
+            .batches
+            .lock()
+            .unwrap()
+            .get(&(user.clone(), batch.clone()))
+            .cloned())
+    }
+
+    async fn update_batch(
+        &self,
+        batch: &crate::store::BatchRecord,
+    ) -> Result<crate::store::BatchRecord, StoreError> {
+        let mut batches = self.batches.lock().unwrap();
+        let key = (batch.user_id.clone(), batch.batch_id.clone());
+        let stored = batches.get(&key).ok_or(StoreError::NotFound)?;
+        if stored.version != batch.version {
+            return Err(StoreError::VersionConflict {
+                expected: batch.version,
+            });
+        }
+        let mut next = batch.clone();
+        next.version += 1;
+        batches.insert(key, next.clone());
+        Ok(next)
+    }
+
+    async fn take_rate_slot(
+        &self,
+        bank: &BankId,
+        second: i64,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        let mut slots = self.slots.lock().unwrap();
+        let n = slots.entry((bank.clone(), second)).or_default();
+        if *n >= limit {
+            return Ok(false);
+        }
+        *n += 1;
+        Ok(true)
     }
 
     async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError> {
@@ -315,6 +387,7 @@ const REGISTRY: &str = r#"{"banks":[
 
 struct H {
     svc: Payments,
+    bulk: Arc<DelayQueue>,
     payments: Arc<MemPayments>,
     keys: Arc<MemKeys>,
     notes: Arc<MemNotifications>,
@@ -328,6 +401,7 @@ fn harness() -> H {
     let keys = Arc::new(MemKeys::default());
     let notes = Arc::new(MemNotifications::default());
     let queue = Arc::new(DelayQueue::default());
+    let bulk = Arc::new(DelayQueue::default());
     let bank = Arc::new(PayBank::new("lt-alpha"));
     let clock = Arc::new(FixedClock(Mutex::new(start())));
     let mut banks: HashMap<BankId, Arc<dyn BankApi>> = HashMap::new();
@@ -343,6 +417,7 @@ fn harness() -> H {
         notifications: notes.clone(),
         webhooks: None,
         status_queue: queue.clone(),
+        bulk_queue: Some(bulk.clone()),
         banks,
         registry: BankRegistry::from_json(REGISTRY).unwrap(),
         signer: StateSigner::new(SECRET).unwrap(),
@@ -351,6 +426,7 @@ fn harness() -> H {
     });
     H {
         svc,
+        bulk,
         payments,
         keys,
         notes,
@@ -983,4 +1059,187 @@ async fn reads_are_per_user_and_list_newest_first_with_a_cursor() {
     }
     assert!(h.svc.list(&bob, &q(&[])).await.unwrap().payments.is_empty());
     let _ = Utc::now();
+}
+
+// ---- bulk ---------------------------------------------------------------------------
+
+fn batch(n: usize) -> Value {
+    let payments: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({
+                "instructedAmount": {"amount": format!("{}.{:02}", 10 + i, i % 100), "currency": "EUR"},
+                "creditorAccount": {"iban": "DE89370400440532013000"},
+                "creditorName": format!("Employee {i}"),
+                "endToEndIdentification": format!("PAYROLL-{i}")
+            })
+        })
+        .collect();
+    json!({
+        "bankId": "lt-alpha",
+        "debtorAccount": {"iban": "LT121000011101001000"},
+        "payments": payments
+    })
+}
+
+impl H {
+    async fn submit(&self, key: &str, body: &Value) -> Result<StoredResponse, ServiceError> {
+        self.svc
+            .create_batch(&alice(), Some(key), body.to_string().as_bytes(), IP)
+            .await
+    }
+
+    fn bulk_messages(&self) -> Vec<bulk::BulkMessage> {
+        self.bulk
+            .0
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|(body, _)| serde_json::from_str(&body).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_bad_batch_lists_every_bad_item_and_queues_nothing() {
+    let h = harness();
+    let mut b = batch(600);
+    b["payments"][537]["creditorAccount"]["iban"] = json!("LT121000011101001001");
+    b["payments"][12]["instructedAmount"]["amount"] = json!("0");
+    b["payments"][40]["endToEndIdentification"] = json!("PAYROLL-3");
+    let e = h.submit("bad", &b).await.unwrap_err();
+    let fields = field_errors(e);
+    assert_eq!(
+        fields,
+        vec![
+            "payments[12].instructedAmount.amount",
+            "payments[40].endToEndIdentification",
+            "payments[537].creditorAccount.iban"
+        ]
+    );
+    for (n, ok) in [(0, false), (1000, true), (1001, false)] {
+        let r = h.submit(&format!("n{n}"), &batch(n)).await;
+        assert_eq!(r.is_ok(), ok, "{n} items");
+        if !ok {
+            assert_eq!(field_errors(r.unwrap_err()), vec!["payments"]);
+        }
+    }
+    let mut mixed = batch(3);
+    mixed["paymentProduct"] = json!("cross-border-credit-transfers");
+    mixed["payments"][1]["instructedAmount"]["currency"] = json!("USD");
+    assert!(
+        h.submit("mixed-ok", &mixed).await.is_ok(),
+        "cross-border takes several currencies"
+    );
+    let mut sepa_usd = batch(3);
+    sepa_usd["payments"][2]["instructedAmount"]["currency"] = json!("USD");
+    assert_eq!(
+        field_errors(h.submit("sepa-usd", &sepa_usd).await.unwrap_err()),
+        vec!["payments[2].instructedAmount.currency"]
+    );
+    // Only the two good batches were stored and queued.
+    assert_eq!(h.bulk_messages().len(), 1003);
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn items_are_claimed_once_whatever_the_duplicates() {
+    let h = harness();
+    let accepted = h.submit("payroll", &batch(20)).await.unwrap();
+    assert_eq!(accepted.status, 202);
+    assert_eq!(
+        h.submit("payroll", &batch(20)).await.unwrap(),
+        accepted,
+        "replayed"
+    );
+    let v: Value = serde_json::from_str(&accepted.body).unwrap();
+    let batch_id = v["batchId"].as_str().unwrap().to_owned();
+    let messages = h.bulk_messages();
+    assert_eq!(messages.len(), 20);
+    // Every message delivered three times.
+    for m in messages.iter().chain(&messages).chain(&messages) {
+        let outcome = h.svc.process_item(m, 1, 5).await.unwrap();
+        assert_eq!(outcome, bulk::BulkOutcome::Done);
+    }
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 20);
+    assert_eq!(h.bank.payments_created(), 20);
+    let view = h
+        .svc
+        .get_batch(&alice(), &batch_id, &HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!(view.total, 20);
+    assert_eq!(view.counts["awaiting_authorisation"], 20);
+    assert_eq!(view.counts.values().sum::<u32>(), 20);
+    assert!(!view.done);
+    let page = h
+        .svc
+        .get_batch(
+            &alice(),
+            &batch_id,
+            &HashMap::from([("limit".to_owned(), "8".to_owned())]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 8);
+    assert_eq!(page.next_cursor.as_deref(), Some("8"));
+    assert!(matches!(
+        h.svc
+            .get_batch(&UserId::parse("bob").unwrap(), &batch_id, &HashMap::new())
+            .await,
+        Err(ServiceError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn transient_429_and_permanent_failures_per_item() {
+    let h = harness();
+    h.submit("faults", &batch(3)).await.unwrap();
+    let messages = h.bulk_messages();
+    *h.bank.initiation_error.lock().unwrap() = Some(BankError::Unavailable {
+        status: Some(500),
+        retry_after: None,
+    });
+    assert!(matches!(
+        h.svc.process_item(&messages[0], 1, 5).await.unwrap(),
+        bulk::BulkOutcome::Retry(_)
+    ));
+    assert_eq!(
+        h.svc.process_item(&messages[0], 5, 5).await.unwrap(),
+        bulk::BulkOutcome::Poison,
+        "the last receive gives up"
+    );
+    let failed = h
+        .payments
+        .all()
+        .into_iter()
+        .find(|p| p.payment_id == messages[0].payment_id)
+        .unwrap();
+    assert_eq!(failed.state(), PaymentState::Failed);
+    assert_eq!(failed.failure.as_ref().unwrap().code, "BANK_UNAVAILABLE");
+    *h.bank.initiation_error.lock().unwrap() = Some(BankError::AccessExceeded {
+        retry_after: Some(StdDuration::from_secs(3)),
+    });
+    assert_eq!(
+        h.svc.process_item(&messages[1], 1, 5).await.unwrap(),
+        bulk::BulkOutcome::Requeue(StdDuration::from_secs(3))
+    );
+    *h.bank.initiation_error.lock().unwrap() = Some(BankError::FormatError {
+        code: "FORMAT_ERROR".into(),
+        message: "m".into(),
+    });
+    assert_eq!(
+        h.svc.process_item(&messages[2], 1, 5).await.unwrap(),
+        bulk::BulkOutcome::Refused
+    );
+    // The 429'd item goes through once the bank is back; the refused one stays refused.
+    *h.bank.initiation_error.lock().unwrap() = None;
+    assert_eq!(
+        h.svc.process_item(&messages[1], 1, 5).await.unwrap(),
+        bulk::BulkOutcome::Done
+    );
+    assert_eq!(
+        h.svc.process_item(&messages[2], 2, 5).await.unwrap(),
+        bulk::BulkOutcome::Refused
+    );
+    assert_eq!(h.bank.payments_created(), 1);
 }

@@ -17,11 +17,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ConsentOutbox, ConsentRecord, ConsentStore, IdempotencyRecord, IdempotencyStore, NonceStore,
-    Notification, NotificationStore, PaymentPage, PaymentRecord, PaymentState, PaymentStore,
-    StoreError, StoredEvent, WebhookMark, WebhookMarks, event_shard, health_hour, index_shard,
+    BatchRecord, ConsentOutbox, ConsentRecord, ConsentStore, IdempotencyRecord, IdempotencyStore,
+    NonceStore, Notification, NotificationStore, PaymentPage, PaymentRecord, PaymentState,
+    PaymentStore, StoreError, StoredEvent, WebhookMark, WebhookMarks, event_shard, health_hour,
+    index_shard,
 };
-use crate::domain::{ConsentId, ConsentState, PaymentId, UserId};
+use crate::domain::{BankId, BatchId, ConsentId, ConsentState, PaymentId, UserId};
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
@@ -362,6 +363,18 @@ impl DynamoPaymentStore {
         item.insert("sk".into(), s(Self::sk(&record.payment_id)));
         // The API's coarse state, for the list filter (derived, never read back).
         item.insert("state".into(), s(record.state().as_str()));
+        // Batch items are listed per batch through the `ByGsi1` index.
+        if let (Some(batch), Some(index)) = (&record.batch_id, record.batch_index) {
+            item.insert("gsi1pk".into(), s(format!("BATCH#{}", batch.as_str())));
+            item.insert("gsi1sk".into(), s(format!("ITEM#{index:05}")));
+        }
+        Ok(item)
+    }
+
+    fn batch_item(batch: &BatchRecord) -> Result<Item, StoreError> {
+        let mut item = to_item(batch)?;
+        item.insert("pk".into(), s(user_pk(&batch.user_id)));
+        item.insert("sk".into(), s(format!("BATCH#{}", batch.batch_id.as_str())));
         Ok(item)
     }
 }
@@ -457,6 +470,154 @@ impl PaymentStore for DynamoPaymentStore {
         )
         .await?;
         Ok(next)
+    }
+
+    async fn put_many(&self, payments: &[PaymentRecord]) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        let mut batches = Vec::new();
+        for chunk in payments.chunks(25) {
+            let requests = chunk
+                .iter()
+                .map(|p| {
+                    Ok(WriteRequest::builder()
+                        .put_request(
+                            PutRequest::builder()
+                                .set_item(Some(Self::item(p)?))
+                                .build()
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        )
+                        .build())
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            batches.push(requests);
+        }
+        // Up to eight BatchWriteItem calls in flight; unprocessed items are retried with a
+        // growing pause until none is left.
+        let writes = batches.into_iter().map(|mut requests| async move {
+            for attempt in 0..10u32 {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                requests = out
+                    .unprocessed_items
+                    .and_then(|mut m| m.remove(&self.table))
+                    .unwrap_or_default();
+                if requests.is_empty() {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25 << attempt.min(6))).await;
+            }
+            Err(StoreError::Backend(format!(
+                "{} batch writes left unprocessed",
+                requests.len()
+            )))
+        });
+        use futures::StreamExt as _;
+        let results: Vec<Result<(), StoreError>> = futures::stream::iter(writes)
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    async fn batch_items(
+        &self,
+        _user: &UserId,
+        batch: &BatchId,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("ByGsi1")
+                .key_condition_expression("gsi1pk = :pk")
+                .expression_attribute_values(":pk", s(format!("BATCH#{}", batch.as_str())))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(backend)?;
+            for item in page.items.unwrap_or_default() {
+                out.push(from_item(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn insert_batch(&self, batch: &BatchRecord) -> Result<(), StoreError> {
+        put_new(&self.client, &self.table, Self::batch_item(batch)?).await
+    }
+
+    async fn get_batch(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+    ) -> Result<Option<BatchRecord>, StoreError> {
+        get_item(
+            &self.client,
+            &self.table,
+            user_pk(user),
+            format!("BATCH#{}", batch.as_str()),
+        )
+        .await
+    }
+
+    async fn update_batch(&self, batch: &BatchRecord) -> Result<BatchRecord, StoreError> {
+        let mut next = batch.clone();
+        next.version = batch.version + 1;
+        put_versioned(
+            &self.client,
+            &self.table,
+            Self::batch_item(&next)?,
+            batch.version,
+        )
+        .await?;
+        Ok(next)
+    }
+
+    async fn take_rate_slot(
+        &self,
+        bank: &BankId,
+        second: i64,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("RATE#{}", bank.as_str())))
+            .key("sk", s(second.to_string()))
+            .update_expression("ADD #n :one SET expiresAt = :exp")
+            .condition_expression("attribute_not_exists(#n) OR #n < :limit")
+            .expression_attribute_names("#n", "count")
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":limit", AttributeValue::N(limit.to_string()))
+            .expression_attribute_values(":exp", AttributeValue::N((second + 3600).to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(
+                        aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_)
+                    )
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(backend(err)),
+        }
     }
 }
 

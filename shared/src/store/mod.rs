@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bank::{ConsentAccess, PaymentProduct};
 use crate::domain::{
-    BankConsentId, BankId, BankPaymentId, ConsentId, ConsentState, Iban, Money, NotificationId,
-    PaymentId, RequestId, TransactionStatus, UserId,
+    BankConsentId, BankId, BankPaymentId, BatchId, ConsentId, ConsentState, Iban, Money,
+    NotificationId, PaymentId, RequestId, TransactionStatus, UserId,
 };
 
 pub use bank_data::{
@@ -220,6 +220,18 @@ pub struct PaymentRecord {
     /// The user was notified of the final status (or of polling giving up).
     #[serde(default)]
     pub outcome_notified: bool,
+    /// The bulk batch this payment is an item of.
+    #[serde(default)]
+    pub batch_id: Option<BatchId>,
+    /// Its position in the batch (0-based).
+    #[serde(default)]
+    pub batch_index: Option<u32>,
+    /// A batch item waiting for the bulk worker (not yet claimed).
+    #[serde(default)]
+    pub queued: bool,
+    /// `endToEndIdentification` sent to the bank.
+    #[serde(default)]
+    pub end_to_end_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: u64,
@@ -229,6 +241,8 @@ pub struct PaymentRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentState {
+    /// A batch item waiting for the bulk worker (or for its retry).
+    Queued,
     /// Recorded; the bank has not answered the initiation yet.
     Initiating,
     /// The bank refused the initiation, or could not be reached (`failure` says which).
@@ -248,6 +262,7 @@ pub enum PaymentState {
 impl PaymentState {
     pub fn as_str(self) -> &'static str {
         match self {
+            PaymentState::Queued => "queued",
             PaymentState::Initiating => "initiating",
             PaymentState::Failed => "failed",
             PaymentState::AwaitingAuthorisation => "awaiting_authorisation",
@@ -260,6 +275,7 @@ impl PaymentState {
 
     pub fn parse(s: &str) -> Option<Self> {
         [
+            PaymentState::Queued,
             PaymentState::Initiating,
             PaymentState::Failed,
             PaymentState::AwaitingAuthorisation,
@@ -290,10 +306,45 @@ impl PaymentRecord {
                 PaymentState::AwaitingAuthorisation
             }
             (Some(_), _) => PaymentState::InProgress,
+            // A batch item whose attempt failed transiently goes back to the queue (SQS
+            // retries it); a single payment waits for its caller's retry.
+            (None, Some(f)) if f.retryable && self.batch_id.is_some() => PaymentState::Queued,
             (None, Some(_)) => PaymentState::Failed,
+            (None, None) if self.queued => PaymentState::Queued,
             (None, None) => PaymentState::Initiating,
         }
     }
+}
+
+impl PaymentState {
+    /// Whether nothing will change any more (for batch totals).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            PaymentState::Completed
+                | PaymentState::Rejected
+                | PaymentState::Failed
+                | PaymentState::Unknown
+        )
+    }
+}
+
+/// One bulk batch: what was asked, and how far its acceptance got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchRecord {
+    pub user_id: UserId,
+    pub batch_id: BatchId,
+    pub bank_id: BankId,
+    pub product: PaymentProduct,
+    pub debtor: Iban,
+    pub total: u32,
+    /// Every item is stored (messages may be sent from now on).
+    pub items_written: bool,
+    /// Every item's message was accepted by the bulk queue.
+    pub enqueued: bool,
+    pub created_at: DateTime<Utc>,
+    pub version: u64,
 }
 
 /// A page of a user's payments, newest first.
@@ -418,6 +469,38 @@ pub trait PaymentStore: Send + Sync {
     ) -> Result<PaymentPage, StoreError>;
     /// Conditional replace, as [`ConsentStore::update`].
     async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError>;
+    /// Stores many new payments (batch items) at once, unconditionally (the caller knows
+    /// no message for them was sent yet).
+    async fn put_many(&self, payments: &[PaymentRecord]) -> Result<(), StoreError> {
+        for p in payments {
+            match self.insert(p).await {
+                Ok(()) | Err(StoreError::AlreadyExists) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+    /// The items of a batch in index order (index `ByGsi1`), all of them.
+    async fn batch_items(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+    ) -> Result<Vec<PaymentRecord>, StoreError>;
+    async fn insert_batch(&self, batch: &BatchRecord) -> Result<(), StoreError>;
+    async fn get_batch(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+    ) -> Result<Option<BatchRecord>, StoreError>;
+    async fn update_batch(&self, batch: &BatchRecord) -> Result<BatchRecord, StoreError>;
+    /// Takes one initiation from `bank`'s budget for the current second (atomic counter
+    /// shared by every worker): `false` when `limit` were taken already.
+    async fn take_rate_slot(
+        &self,
+        bank: &BankId,
+        second: i64,
+        limit: u32,
+    ) -> Result<bool, StoreError>;
 }
 
 /// `Idempotency-Key` records, per user.
