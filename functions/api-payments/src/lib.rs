@@ -1,11 +1,28 @@
 //! The payments API: initiate a payment (`Idempotency-Key` required), read one, list the
-//! caller's payments. The caller is the JWT `sub`; another user's payment is a 404.
+//! caller's payments; submit a bulk batch (`Idempotency-Key` required) and follow it. The caller is the JWT `sub`; another user's payment is a 404.
 
 use std::collections::HashMap;
 
 use shared::http::{self, Problem, Request, Response};
 use shared::services::ServiceError;
 use shared::services::payments::Payments;
+
+/// The caller's IP (`PSU-IP-Address`: the user is present) and the `Idempotency-Key`.
+fn ip_and_key(request: &Request) -> Result<(std::net::IpAddr, Option<&str>), Problem> {
+    let ip = http::source_ip(request).ok_or_else(|| {
+        Problem::new(
+            400,
+            "validation",
+            "Invalid request",
+            "The caller's IP address is unknown.",
+        )
+    })?;
+    let key = request
+        .headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok());
+    Ok((ip, key))
+}
 
 pub async fn handle(service: &Payments, request: &Request) -> Response {
     let user = match http::caller(request) {
@@ -20,19 +37,10 @@ pub async fn handle(service: &Payments, request: &Request) -> Response {
                 Ok(body) => body,
                 Err(problem) => return problem.into_response(),
             };
-            let Some(ip) = http::source_ip(request) else {
-                return Problem::new(
-                    400,
-                    "validation",
-                    "Invalid request",
-                    "The caller's IP address is unknown.",
-                )
-                .into_response();
+            let (ip, key) = match ip_and_key(request) {
+                Ok(found) => found,
+                Err(problem) => return problem.into_response(),
             };
-            let key = request
-                .headers
-                .get("idempotency-key")
-                .and_then(|v| v.to_str().ok());
             service
                 .initiate(&user, key, &body, ip)
                 .await
@@ -53,6 +61,31 @@ pub async fn handle(service: &Payments, request: &Request) -> Response {
             .get(&user, id)
             .await
             .map(|view| http::json(200, &view)),
+        ("POST", ["v1", "payment-batches"]) => {
+            let body = match http::body_bytes(request) {
+                Ok(body) => body,
+                Err(problem) => return problem.into_response(),
+            };
+            let (ip, key) = match ip_and_key(request) {
+                Ok(found) => found,
+                Err(problem) => return problem.into_response(),
+            };
+            service
+                .create_batch(&user, key, &body, ip)
+                .await
+                .map(|answer| http::raw_json(answer.status, answer.body))
+        }
+        ("GET", ["v1", "payment-batches", id]) => {
+            let query: HashMap<String, String> = request
+                .query_string_parameters
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            service
+                .get_batch(&user, id, &query)
+                .await
+                .map(|view| http::json(200, &view))
+        }
         _ => return Problem::not_found().into_response(),
     };
     match outcome {

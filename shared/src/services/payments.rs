@@ -104,6 +104,10 @@ pub struct PaymentsConfig {
     /// After this long without the next poll message being marked sent, a redelivered
     /// message of the previous step resends it.
     pub resend_after: Duration,
+    /// A batch item waiting for its SCA is polled at most this often (its SCA callback
+    /// starts an immediate poll anyway), so a thousand items awaiting SCA do not poll the
+    /// bank every 5 seconds.
+    pub batch_sca_wait: StdDuration,
 }
 
 impl PaymentsConfig {
@@ -132,6 +136,7 @@ impl PaymentsConfig {
             key_lock: Duration::seconds(60),
             initiation_lease: Duration::seconds(60),
             resend_after: Duration::seconds(60),
+            batch_sca_wait: StdDuration::from_secs(60),
         })
     }
 }
@@ -1245,7 +1250,15 @@ impl Payments {
                     Ok(status) => {
                         next.poll.errors = 0;
                         apply_status(&mut next, status, now);
-                        self.config.schedule.next(elapsed)
+                        match self.config.schedule.next(elapsed) {
+                            NextPoll::After(d)
+                                if next.batch_id.is_some()
+                                    && next.state() == PaymentState::AwaitingAuthorisation =>
+                            {
+                                NextPoll::After(d.max(self.config.batch_sca_wait))
+                            }
+                            other => other,
+                        }
                     }
                     Err(e) => {
                         next.poll.errors += 1;

@@ -1,0 +1,288 @@
+//! Bulk payments end to end: the deployed functions (template.yaml) in the local runtime,
+//! local AWS and the sandbox bank with faults on (HTTP 500, 429 with Retry-After, held
+//! back answers that time out) and every bulk message delivered at least twice.
+//! Every item must reach a final state, the bank must have exactly one payment per
+//! initiated item, the totals must add up, and the DLQ may only hold explained items.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use integration_tests::Bundle;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const SECRET: &str = "bulk-e2e-secret";
+const APP: &str = "http://127.0.0.1:3000/app/batch";
+
+/// Valid creditor IBANs to spread the items over; the last one is the sandbox's
+/// rejecting creditor (rejected after acceptance).
+const CREDITORS: [&str; 4] = [
+    "DE89370400440532013000",
+    "LT121000011101001000",
+    "GB29NWBK60161331926819",
+    "LT601010012345678901",
+];
+
+fn payroll(n: usize) -> Value {
+    let payments: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({
+                "instructedAmount": {"amount": format!("{}.{:02}", 100 + i % 900, i % 100), "currency": "EUR"},
+                "creditorAccount": {"iban": CREDITORS[i % CREDITORS.len()]},
+                "creditorName": format!("Darbuotojas {i}"),
+                "remittanceInformationUnstructured": "Atlyginimas 2026-11",
+                "endToEndIdentification": format!("PAY-2026-11-{i:04}")
+            })
+        })
+        .collect();
+    json!({
+        "bankId": "lt-alpha",
+        "debtorAccount": {"iban": "LT121000011101001000"},
+        "redirectUrl": APP,
+        "payments": payments
+    })
+}
+
+async fn submit(w: &Bundle, key: Option<&str>, body: &str) -> (u16, Value) {
+    let mut request = w
+        .http
+        .post(w.rt.url("/v1/payment-batches"))
+        .bearer_auth(w.token("payroll"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Every item of the batch (all pages).
+async fn items(w: &Bundle, batch: &str) -> (Value, Vec<Value>) {
+    let mut all = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = w
+            .call(
+                "payroll",
+                Method::GET,
+                &format!("/v1/payment-batches/{batch}?limit=1000&cursor={cursor}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        all.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => return (page, all),
+        }
+    }
+}
+
+async fn dlq_bodies(w: &Bundle) -> Vec<Value> {
+    let sqs = w.rt.local.sqs();
+    let url = w.rt.local.resources.queue_url("BulkPaymentDLQ").to_owned();
+    let mut bodies = Vec::new();
+    loop {
+        let got = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .visibility_timeout(60)
+            .send()
+            .await
+            .unwrap();
+        let messages = got.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return bodies;
+        }
+        for m in messages {
+            bodies.push(serde_json::from_str(m.body().unwrap()).unwrap());
+        }
+    }
+}
+
+async fn run(n: usize) {
+    let w = Bundle::start(
+        SECRET,
+        &[
+            // Fast polling after SCA; the sandbox settles a payment 2 steps after approval.
+            ("PAYMENT_POLL_SCHEDULE", "1:900".to_owned()),
+        ],
+    )
+    .await;
+
+    // Bad input: every bad item named, nothing queued.
+    let mut bad = payroll(600);
+    bad["payments"][537]["creditorAccount"]["iban"] = json!("LT601010012345678900");
+    bad["payments"][3]["endToEndIdentification"] = json!("PAY-2026-11-0001");
+    let (status, problem) = submit(&w, Some("bad"), &bad.to_string()).await;
+    assert_eq!(status, 400, "{problem}");
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            "payments[3].endToEndIdentification",
+            "payments[537].creditorAccount.iban"
+        ]
+    );
+    for (body, field) in [
+        (payroll(1001).to_string(), "payments"),
+        (payroll(0).to_string(), "payments"),
+    ] {
+        let (status, problem) = submit(&w, Some("bad-size"), &body).await;
+        assert_eq!(status, 400);
+        assert_eq!(problem["errors"][0]["field"], field);
+    }
+    let (status, problem) = submit(&w, None, &payroll(2).to_string()).await;
+    assert_eq!(status, 400);
+    assert_eq!(problem["errors"][0]["field"], "Idempotency-Key");
+
+    // Faults: 10 % HTTP 500, 5 % 429 (Retry-After 1 s), 2 % answers held back past the
+    // connector's timeout.
+    w.sandbox
+        .set_faults(json!({
+            "errorRate": 0.10,
+            "rateLimitRate": 0.05,
+            "retryAfterSecs": 1,
+            "hangRate": 0.02,
+            "hangMs": 7000
+        }))
+        .await;
+
+    let body = payroll(n).to_string();
+    let started = Instant::now();
+    let (status, accepted) = submit(&w, Some("payroll-2026-11"), &body).await;
+    let acceptance = started.elapsed();
+    assert_eq!(status, 202, "{accepted}");
+    println!("accepted {n} items in {} ms", acceptance.as_millis());
+    let batch = accepted["batchId"].as_str().unwrap().to_owned();
+    assert_eq!(accepted["total"], n);
+    let (status, again) = submit(&w, Some("payroll-2026-11"), &body).await;
+    assert_eq!(
+        (status, &again),
+        (202, &accepted),
+        "the same answer for the same key"
+    );
+
+    // Every bulk message delivered at least twice: a duplicate of each, now.
+    let (_, first) = items(&w, &batch).await;
+    let sqs = w.rt.local.sqs();
+    let queue =
+        w.rt.local
+            .resources
+            .queue_url("BulkPaymentQueue")
+            .to_owned();
+    for chunk in first.chunks(10) {
+        let mut send = sqs.send_message_batch().queue_url(&queue);
+        for (i, item) in chunk.iter().enumerate() {
+            let body = json!({"userId": "payroll", "paymentId": item["paymentId"]});
+            send = send.entries(
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("d{i}"))
+                    .message_body(body.to_string())
+                    .build()
+                    .unwrap(),
+            );
+        }
+        send.send().await.unwrap();
+    }
+
+    // The user authorises each item as it becomes ready: the bank's SCA, then the browser
+    // comes back through our callback (which starts an immediate poll).
+    let deadline = Instant::now() + Duration::from_secs(420);
+    let mut authorised: HashSet<String> = HashSet::new();
+    let (summary, all) = loop {
+        let (summary, all) = items(&w, &batch).await;
+        let waiting: Vec<&Value> = all
+            .iter()
+            .filter(|i| {
+                i["state"] == "awaiting_authorisation"
+                    && !authorised.contains(i["paymentId"].as_str().unwrap())
+            })
+            .collect();
+        let approvals = waiting.iter().map(|item| {
+            let auth = item["authUrl"].as_str().unwrap().to_owned();
+            let w = &w;
+            async move {
+                let bank_payment = auth.rsplit('/').next().unwrap();
+                let answer = w
+                    .sandbox
+                    .decide("lt-alpha", "payments", bank_payment, "approve")
+                    .await;
+                let (status, _) = w.follow(answer["redirect"].as_str().unwrap()).await;
+                assert_eq!(status, 302);
+            }
+        });
+        use futures::StreamExt as _;
+        futures::stream::iter(approvals)
+            .buffer_unordered(16)
+            .collect::<Vec<()>>()
+            .await;
+        for item in waiting {
+            authorised.insert(item["paymentId"].as_str().unwrap().to_owned());
+        }
+        if summary["done"] == true || Instant::now() > deadline {
+            break (summary, all);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    w.sandbox.clear_faults().await;
+    assert_eq!(summary["done"], true, "{}", summary["counts"]);
+
+    // Totals: exact, adding up to the batch.
+    let counts = summary["counts"].as_object().unwrap();
+    let sum: u64 = counts.values().map(|c| c.as_u64().unwrap()).sum();
+    assert_eq!(sum, n as u64, "{counts:?}");
+    assert_eq!(all.len(), n);
+    for item in &all {
+        let state = item["state"].as_str().unwrap();
+        assert!(
+            ["completed", "rejected", "failed"].contains(&state),
+            "{item}"
+        );
+    }
+    let initiated = all.iter().filter(|i| i["status"].is_string()).count() as u64;
+    let failed: Vec<&Value> = all.iter().filter(|i| i["state"] == "failed").collect();
+    assert_eq!(initiated + failed.len() as u64, n as u64);
+    assert!(
+        failed.iter().all(|i| i["failure"]["code"].is_string()),
+        "failed items say why"
+    );
+    // Exactly one payment at the bank per initiated item, despite faults and duplicates.
+    assert_eq!(w.payment_initiations("lt-alpha").await, initiated);
+    // The rejecting creditor's items were rejected by the bank, the others completed.
+    let rejected = all.iter().filter(|i| i["state"] == "rejected").count();
+    assert!(rejected >= n / CREDITORS.len() - failed.len(), "{counts:?}");
+    assert!(counts["completed"].as_u64().unwrap() > 0);
+
+    // The DLQ holds only items that say why they failed.
+    for body in dlq_bodies(&w).await {
+        let id = body["paymentId"].as_str().unwrap();
+        let item = all.iter().find(|i| i["paymentId"] == id).unwrap();
+        assert_eq!(item["state"], "failed", "{item}");
+    }
+    println!(
+        "bulk: {n} items, {initiated} initiated once each, {} rejected, {} failed, accepted in {} ms",
+        rejected,
+        failed.len(),
+        acceptance.as_millis()
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_payroll_batch_with_faults_and_duplicates_settles_exactly_once() {
+    // The full 1,000-item run takes a few minutes; BULK_E2E_ITEMS picks a size.
+    let n = std::env::var("BULK_E2E_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    run(n).await;
+}
