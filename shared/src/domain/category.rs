@@ -1669,6 +1669,8 @@ mod tests {
             }
         }
         assert!(format!("{c:?}").contains("keywords"));
+        fn shareable<T: Send + Sync + Clone>(_: &T) {}
+        shareable(&c);
     }
 
     #[test]
