@@ -27,8 +27,8 @@
 //! compiled into one Aho-Corasick DFA. Each keyword is stored padded with a separator on
 //! both sides (`" bolt food "`) and the text is fed to the DFA byte by byte while it is
 //! being normalised, framed by separators: a pattern can then only match whole words, the
-//! DFA reports every (overlapping) keyword in one pass, and categorising allocates
-//! nothing.
+//! DFA reports every (overlapping) keyword in one pass, words that cannot start a keyword
+//! are skipped, and categorising allocates nothing.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -313,6 +313,8 @@ pub enum RulesError {
     Automaton(#[from] aho_corasick::BuildError),
     #[error("cannot start the keyword automaton: {0}")]
     AutomatonStart(#[from] aho_corasick::MatchError),
+    #[error("too many keywords for one automaton")]
+    TooManyKeywords,
 }
 
 // ---- the rules file ------------------------------------------------------------------
@@ -644,7 +646,8 @@ impl Sink for Vec<u8> {
     }
 }
 
-/// Normalises text into a [`Sink`], collapsing runs of separators.
+/// Normalises text into a [`Sink`], collapsing runs of separators. (The hot path,
+/// [`Walk::text`], does the same inline.)
 struct Folder<S> {
     sink: S,
     last: u8,
@@ -655,7 +658,6 @@ impl<S: Sink> Folder<S> {
         Folder { sink, last: DROP }
     }
 
-    #[inline(always)]
     fn put(&mut self, b: u8) {
         if b == SEP && self.last == SEP {
             return;
@@ -667,22 +669,18 @@ impl<S: Sink> Folder<S> {
     fn fold(&mut self, text: &str) {
         let bytes = text.as_bytes();
         let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
+        while let Some(&b) = bytes.get(i) {
             if b.is_ascii() {
-                let folded = ASCII_FOLD[usize::from(b)];
-                if folded != DROP {
-                    self.put(folded);
-                }
                 i += 1;
+                match ASCII_FOLD[usize::from(b)] {
+                    DROP => {}
+                    folded => self.put(folded),
+                }
                 continue;
             }
-            // `i` is always on a character boundary: it only moves by whole characters.
-            let Some(c) = text[i..].chars().next() else {
-                break;
-            };
-            i += c.len_utf8();
-            match fold_char(c) {
+            let (folded, len) = fold_at(text, i);
+            i += len;
+            match folded {
                 Folded::Drop => {}
                 Folded::Sep => self.put(SEP),
                 Folded::One(a) => self.put(a),
@@ -693,6 +691,24 @@ impl<S: Sink> Folder<S> {
             }
         }
     }
+}
+
+/// Folds the non-ASCII character that starts at byte `i` of `text` (a character
+/// boundary); also returns its length in bytes.
+fn fold_at(text: &str, i: usize) -> (Folded, usize) {
+    let bytes = text.as_bytes();
+    // Baltic letters are two bytes long: decode those without the general decoder.
+    let (c, len) = match (bytes.get(i), bytes.get(i + 1)) {
+        (Some(&lead), Some(&next)) if lead & 0xE0 == 0xC0 => (
+            char::from_u32((u32::from(lead & 0x1F) << 6) | u32::from(next & 0x3F)),
+            2,
+        ),
+        _ => {
+            let c = text.get(i..).and_then(|rest| rest.chars().next());
+            (c, c.map_or(1, char::len_utf8))
+        }
+    };
+    (c.map_or(Folded::Sep, fold_char), len)
 }
 
 // ---- the categoriser ------------------------------------------------------------------
@@ -728,15 +744,122 @@ pub struct Categoriser {
     mcc: Box<[Option<Category>]>,
     /// The categories that some keyword rule refines.
     refinable: u32,
-    /// Unanchored, standard (all overlapping matches) DFA over the padded keywords.
-    dfa: DFA,
-    start: StateID,
-    /// Per DFA pattern: the range of `keywords` (one pattern may carry several rules,
-    /// e.g. the same word for debits and for credits).
-    pattern_rules: Vec<(u32, u32)>,
+    /// The keyword automaton (see [`Table`]).
+    table: Table,
     keywords: Vec<CompiledKeyword>,
-    /// The normalised keyword of each pattern, for [`Basis::Keyword`].
+    /// The distinct normalised keywords, for [`Basis::Keyword`].
     words: Vec<Box<str>>,
+}
+
+/// Symbols of the normalised text: the separator, `a`–`z`, `0`–`9`, and one class for the
+/// bytes that no keyword contains (the field separator, [`OPAQUE`]).
+const CLASSES: usize = 38;
+
+/// Normalised byte → symbol class.
+static CLASS_OF: [u8; 256] = {
+    let mut table = [CLASSES as u8 - 1; 256];
+    table[SEP as usize] = 0;
+    let mut i = 0;
+    while i < 26 {
+        table[b'a' as usize + i] = 1 + i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = 27 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// ASCII input byte → symbol class of its normalised form ([`ASCII_FOLD`], then
+/// [`CLASS_OF`]), or [`DROP`] for apostrophes: one lookup per byte in [`Walk::text`].
+static ASCII_CLASS: [u8; 128] = {
+    let mut table = [0; 128];
+    let mut i = 0;
+    while i < 128 {
+        let folded = ASCII_FOLD[i];
+        table[i] = if folded == DROP {
+            DROP_CLASS
+        } else {
+            CLASS_OF[folded as usize]
+        };
+        i += 1;
+    }
+    table
+};
+
+/// The separator's class.
+const SEP_CLASS: u8 = 0;
+/// Marks dropped bytes in [`ASCII_CLASS`] (not a class).
+const DROP_CLASS: u8 = u8::MAX;
+
+/// A byte of each symbol class (the inverse of [`CLASS_OF`]).
+const CLASS_BYTES: &[u8; CLASSES] = b" abcdefghijklmnopqrstuvwxyz0123456789|";
+
+/// Set on a transition that enters a state where keywords end.
+const MATCHES: u32 = 1 << 31;
+
+/// The Aho-Corasick DFA of the padded keywords, re-laid as one flat table.
+///
+/// aho-corasick builds the automaton (standard semantics, unanchored: every keyword that
+/// ends at a position is reported, overlapping ones included). Its transitions are then
+/// copied, for the 38 symbol classes only, into `transitions`: a state is the index of its
+/// first entry (so the next state is `transitions[state + class]`, one load per byte) and
+/// a flag on the entry says whether the target state completes keywords. The workspace's
+/// size-optimised release profile (`opt-level = "z"`) does not inline the crate's
+/// `Automaton::next_state`, and a call per byte cost about a quarter of the categorisation
+/// instructions. The start state is 0; every keyword starts with a separator, so inside a
+/// word the walk can only be in state 0 when no keyword is in progress.
+#[derive(Clone, Debug)]
+struct Table {
+    transitions: Box<[u32]>,
+    /// Per state (index = state / CLASSES): the range of `rules` completed there.
+    state_rules: Box<[(u32, u32)]>,
+    /// Indices into `Categoriser::keywords`.
+    rules: Box<[u32]>,
+}
+
+impl Table {
+    /// `pattern_rules[p]`: the range of rules (in `Categoriser::keywords`) of pattern `p`.
+    fn build(dfa: &DFA, pattern_rules: &[(u32, u32)]) -> Result<Table, RulesError> {
+        let start = dfa.start_state(Anchored::No)?;
+        let mut index_of: HashMap<StateID, u32> = HashMap::from([(start, 0)]);
+        let mut queue = vec![start];
+        let mut transitions = Vec::new();
+        let mut state_rules = Vec::new();
+        let mut rules = Vec::new();
+        let mut next_index = 0;
+        while let Some(&state) = queue.get(next_index) {
+            next_index += 1;
+            let from = rules.len() as u32;
+            if dfa.is_match(state) {
+                for i in 0..dfa.match_len(state) {
+                    let (a, b) = pattern_rules[dfa.match_pattern(state, i).as_usize()];
+                    rules.extend(a..b);
+                }
+            }
+            state_rules.push((from, rules.len() as u32));
+            for &byte in CLASS_BYTES {
+                let target = dfa.next_state(Anchored::No, state, byte);
+                let index = *index_of.entry(target).or_insert_with(|| {
+                    queue.push(target);
+                    (queue.len() - 1) as u32
+                });
+                let entry = index
+                    .checked_mul(CLASSES as u32)
+                    .filter(|&e| e < MATCHES)
+                    .ok_or(RulesError::TooManyKeywords)?;
+                let flag = if dfa.is_match(target) { MATCHES } else { 0 };
+                transitions.push(entry | flag);
+            }
+        }
+        Ok(Table {
+            transitions: transitions.into_boxed_slice(),
+            state_rules: state_rules.into_boxed_slice(),
+            rules: rules.into_boxed_slice(),
+        })
+    }
 }
 
 impl fmt::Debug for Categoriser {
@@ -859,13 +982,11 @@ impl Categoriser {
             .start_kind(StartKind::Unanchored)
             .prefilter(false) // every pattern starts with a space: nothing to skip ahead to
             .build(&padded)?;
-        let start = dfa.start_state(Anchored::No)?;
+        let table = Table::build(&dfa, &pattern_rules)?;
         Ok(Categoriser {
             mcc,
             refinable,
-            dfa,
-            start,
-            pattern_rules,
+            table,
             keywords,
             words,
         })
@@ -929,24 +1050,25 @@ impl Categoriser {
     /// The best keyword rule that matches the text and passes `filter`: one DFA pass over
     /// " counterparty | remittance ", normalised on the fly.
     fn best_keyword(&self, input: &CategoryInput<'_>, filter: Filter) -> Option<&CompiledKeyword> {
-        let mut folder = Folder::new(Scan {
+        let mut walk = Walk {
             categoriser: self,
-            state: self.start,
+            state: 0,
+            last: DROP,
             filter,
             best: None,
-        });
-        folder.put(SEP);
+        };
+        walk.put(SEP);
         if let Some(name) = input.counterparty {
-            folder.fold(name);
+            walk.text(name);
         }
-        folder.put(SEP);
-        folder.put(FIELD_SEP);
-        folder.put(SEP);
+        walk.put(SEP);
+        walk.put(FIELD_SEP);
+        walk.put(SEP);
         if let Some(text) = input.remittance {
-            folder.fold(text);
+            walk.text(text);
         }
-        folder.put(SEP);
-        folder.sink.best
+        walk.put(SEP);
+        walk.best
     }
 }
 
@@ -960,33 +1082,109 @@ enum Filter {
     Refines(u32),
 }
 
-/// The DFA walk of one scan, keeping the best matching rule.
-struct Scan<'c> {
+/// One scan: the text, normalised on the fly, walked through the keyword [`Table`],
+/// keeping the best matching rule.
+///
+/// Every keyword starts with a separator, so when the walk is back in the start state
+/// inside a word, nothing can match before the next separator and the rest of the word
+/// is skipped without walking the table. Most words of a remittance text are.
+struct Walk<'c> {
     categoriser: &'c Categoriser,
-    state: StateID,
+    state: u32,
+    /// The last normalised byte, to collapse runs of separators.
+    last: u8,
     filter: Filter,
     best: Option<&'c CompiledKeyword>,
 }
 
-impl Sink for Scan<'_> {
-    #[inline(always)]
-    fn byte(&mut self, b: u8) {
-        let c = self.categoriser;
-        self.state = c.dfa.next_state(Anchored::No, self.state, b);
-        if !c.dfa.is_match(self.state) {
+impl Walk<'_> {
+    /// Feeds one normalised byte.
+    fn put(&mut self, b: u8) {
+        if b == SEP && self.last == SEP {
             return;
         }
-        for index in 0..c.dfa.match_len(self.state) {
-            let pattern = c.dfa.match_pattern(self.state, index).as_usize();
-            let (from, to) = c.pattern_rules[pattern];
-            for rule in &c.keywords[from as usize..to as usize] {
-                let applies = match self.filter {
-                    Filter::Sign(direction) => rule.sign.allows(direction),
-                    Filter::Refines(set) => rule.refines & set != 0,
-                };
-                if applies && self.best.is_none_or(|best| rule.rank() > best.rank()) {
-                    self.best = Some(rule);
+        self.last = b;
+        if self.state == 0 && b != SEP {
+            return; // idle inside a word
+        }
+        let c = self.categoriser;
+        let next = c.table.transitions[(self.state + u32::from(CLASS_OF[usize::from(b)])) as usize];
+        self.state = next & !MATCHES;
+        if next & MATCHES != 0 {
+            self.matched();
+        }
+    }
+
+    /// Feeds a text. The same as [`Walk::put`] for each byte that [`Folder`] would
+    /// produce, with the ASCII case (almost every byte) inline and in local variables.
+    fn text(&mut self, text: &str) {
+        let transitions = &*self.categoriser.table.transitions;
+        let bytes = text.as_bytes();
+        let (mut state, mut last) = (self.state, self.last);
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            let Some(&class) = ASCII_CLASS.get(usize::from(b)) else {
+                (self.state, self.last) = (state, last);
+                let (folded, len) = fold_at(text, i);
+                i += len;
+                match folded {
+                    Folded::Drop => {}
+                    Folded::Sep => self.put(SEP),
+                    Folded::One(a) => self.put(a),
+                    Folded::Two(a, b) => {
+                        self.put(a);
+                        self.put(b);
+                    }
                 }
+                (state, last) = (self.state, self.last);
+                continue;
+            };
+            i += 1;
+            if class == SEP_CLASS {
+                if last == SEP {
+                    continue;
+                }
+                last = SEP;
+            } else if class == DROP_CLASS {
+                continue;
+            } else {
+                last = b; // any byte but SEP will do
+                if state == 0 {
+                    // Idle inside a word: skip to the next separator or non-ASCII byte.
+                    while let Some(&class) =
+                        bytes.get(i).and_then(|&b| ASCII_CLASS.get(usize::from(b)))
+                    {
+                        if class == SEP_CLASS {
+                            break;
+                        }
+                        i += 1;
+                    }
+                    continue;
+                }
+            }
+            let next = transitions[(state + u32::from(class)) as usize];
+            state = next & !MATCHES;
+            if next & MATCHES != 0 {
+                self.state = state;
+                self.matched();
+            }
+        }
+        (self.state, self.last) = (state, last);
+    }
+
+    /// Weighs the rules completed in the current state.
+    #[inline(never)]
+    fn matched(&mut self) {
+        let c = self.categoriser;
+        let (from, to) = c.table.state_rules[self.state as usize / CLASSES];
+        for &index in &c.table.rules[from as usize..to as usize] {
+            let rule = &c.keywords[index as usize];
+            let applies = match self.filter {
+                Filter::Sign(direction) => rule.sign.allows(direction),
+                Filter::Refines(set) => rule.refines & set != 0,
+            };
+            if applies && self.best.is_none_or(|best| rule.rank() > best.rank()) {
+                self.best = Some(rule);
             }
         }
     }
@@ -1471,6 +1669,8 @@ mod tests {
             }
         }
         assert!(format!("{c:?}").contains("keywords"));
+        fn shareable<T: Send + Sync + Clone>(_: &T) {}
+        shareable(&c);
     }
 
     #[test]
@@ -1659,7 +1859,88 @@ mod tests {
         prop_oneof![Just(Direction::Debit), Just(Direction::Credit)]
     }
 
+    /// The best rule by brute force: every padded keyword searched at every position of
+    /// the whole normalised text, without the DFA and without skipping words.
+    fn reference<'c>(
+        c: &'c Categoriser,
+        input: &CategoryInput<'_>,
+        filter: Filter,
+    ) -> Option<(Category, &'c str)> {
+        let mut folder = Folder::new(Vec::new());
+        folder.put(SEP);
+        folder.fold(input.counterparty.unwrap_or_default());
+        folder.put(SEP);
+        folder.put(FIELD_SEP);
+        folder.put(SEP);
+        folder.fold(input.remittance.unwrap_or_default());
+        folder.put(SEP);
+        let text = folder.sink;
+        let mut best: Option<&CompiledKeyword> = None;
+        for rule in &c.keywords {
+            let padded = format!(" {} ", c.words[rule.word as usize]);
+            let applies = match filter {
+                Filter::Sign(direction) => rule.sign.allows(direction),
+                Filter::Refines(set) => rule.refines & set != 0,
+            };
+            if applies
+                && text.windows(padded.len()).any(|w| w == padded.as_bytes())
+                && best.is_none_or(|b| rule.rank() > b.rank())
+            {
+                best = Some(rule);
+            }
+        }
+        best.map(|rule| (rule.category, &*c.words[rule.word as usize]))
+    }
+
+    /// Text made of keywords (plain or respelled), arbitrary snippets and separators,
+    /// sometimes glued together.
+    fn keyword_soup() -> impl Strategy<Value = String> {
+        let token = (
+            any::<prop::sample::Index>(),
+            0..5u8,
+            "\\PC{0,6}",
+            prop::collection::vec(any::<u8>(), 1..6),
+        );
+        prop::collection::vec(token, 0..10).prop_map(|tokens| {
+            let keywords = builtin_keywords();
+            let mut text = String::new();
+            for (index, kind, snippet, choices) in tokens {
+                match kind {
+                    0 => text.push_str(&index.get(keywords)[..]),
+                    1 => text.push_str(&respell(&index.get(keywords)[..], &choices)),
+                    2 => text.push_str(&snippet),
+                    3 => text.push_str([" ", ".", "-", "'", "  ", "/"][index.index(6)]),
+                    _ => text.push(' '),
+                }
+            }
+            text
+        })
+    }
+
     proptest! {
+        #[test]
+        fn the_dfa_walk_finds_what_brute_force_finds(
+            name in keyword_soup(),
+            text in keyword_soup(),
+            direction in direction(),
+            refined in any::<prop::sample::Index>(),
+        ) {
+            let c = rules();
+            let input = CategoryInput {
+                counterparty: Some(&name),
+                remittance: Some(&text),
+                merchant_category_code: None,
+                direction,
+            };
+            let refined = Category::ALL[refined.index(Category::ALL.len())].bit();
+            for filter in [Filter::Sign(direction), Filter::Refines(refined)] {
+                let walked = c
+                    .best_keyword(&input, filter)
+                    .map(|rule| (rule.category, &*c.words[rule.word as usize]));
+                prop_assert_eq!(walked, reference(c, &input, filter));
+            }
+        }
+
         #[test]
         fn never_panics_and_is_deterministic(
             name in proptest::option::of(any::<String>()),
