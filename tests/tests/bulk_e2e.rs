@@ -107,7 +107,8 @@ async fn run(n: usize) {
     let w = Bundle::start(
         SECRET,
         &[
-            // Fast polling after SCA; the sandbox settles a payment 2 steps after approval.
+            // Items awaiting SCA are polled every 60 s (the batch SCA wait), then every
+            // second; the sandbox settles a payment 2 steps (2 s each) after approval.
             ("PAYMENT_POLL_SCHEDULE", "1:900".to_owned()),
         ],
     )
@@ -194,8 +195,9 @@ async fn run(n: usize) {
         send.send().await.unwrap();
     }
 
-    // The user authorises each item as it becomes ready: the bank's SCA, then the browser
-    // comes back through our callback (which starts an immediate poll).
+    // The user authorises each item at the bank as it becomes ready (the sandbox's SCA,
+    // scripted). The browser's return through our callback is left out here: the status
+    // poller has to find every authorisation by itself.
     let deadline = Instant::now() + Duration::from_secs(420);
     let mut authorised: HashSet<String> = HashSet::new();
     let (summary, all) = loop {
@@ -212,17 +214,14 @@ async fn run(n: usize) {
             let w = &w;
             async move {
                 let bank_payment = auth.rsplit('/').next().unwrap();
-                let answer = w
-                    .sandbox
+                w.sandbox
                     .decide("lt-alpha", "payments", bank_payment, "approve")
                     .await;
-                let (status, _) = w.follow(answer["redirect"].as_str().unwrap()).await;
-                assert_eq!(status, 302);
             }
         });
         use futures::StreamExt as _;
         futures::stream::iter(approvals)
-            .buffer_unordered(16)
+            .buffer_unordered(32)
             .collect::<Vec<()>>()
             .await;
         for item in waiting {
@@ -231,7 +230,7 @@ async fn run(n: usize) {
         if summary["done"] == true || Instant::now() > deadline {
             break (summary, all);
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
     };
     w.sandbox.clear_faults().await;
     assert_eq!(summary["done"], true, "{}", summary["counts"]);

@@ -30,7 +30,7 @@ const A: &str = "alice-iso";
 const B: &str = "bob-iso";
 
 /// How to call one route. `call` and `body` may name the owner's resources: `{conn}`
-/// (A's lt-alpha connection) and `{pay}` (A's payment).
+/// (A's lt-alpha connection), `{pay}` (A's payment) and `{batch}` (A's payment batch).
 struct Case {
     method: &'static str,
     /// The path exactly as in docs/openapi.yaml.
@@ -47,7 +47,25 @@ const LINK: &str =
     r#"{"bankId":"lt-alpha","validDays":90,"redirectUrl":"http://127.0.0.1:3000/app/done"}"#;
 const PAY: &str = r#"{"bankId":"lt-alpha","debtorAccount":{"iban":"LT121000011101001000"},"instructedAmount":{"amount":"7.50","currency":"EUR"},"creditorAccount":{"iban":"DE89370400440532013000"},"creditorName":"Ona Onaite","redirectUrl":"http://127.0.0.1:3000/app/done"}"#;
 
+const BATCH: &str = r#"{"bankId":"lt-alpha","debtorAccount":{"iban":"LT121000011101001000"},"payments":[{"instructedAmount":{"amount":"3.00","currency":"EUR"},"creditorAccount":{"iban":"DE89370400440532013000"},"creditorName":"Ona Onaite"}]}"#;
+
 const CASES: &[Case] = &[
+    Case {
+        method: "POST",
+        route: "/v1/payment-batches",
+        call: "/v1/payment-batches",
+        body: Some(BATCH),
+        headers: &[("idempotency-key", "iso-matrix-batch-b")],
+        expect: 202,
+    },
+    Case {
+        method: "GET",
+        route: "/v1/payment-batches/{id}",
+        call: "/v1/payment-batches/{batch}",
+        body: None,
+        headers: &[],
+        expect: 404,
+    },
     Case {
         method: "GET",
         route: "/healthz",
@@ -261,12 +279,14 @@ fn find(method: &str, route: &str) -> &'static Case {
 struct Ids {
     conn: String,
     pay: String,
+    batch: String,
 }
 
 fn fill(template: &str, ids: &Ids) -> String {
     template
         .replace("{conn}", &ids.conn)
         .replace("{pay}", &ids.pay)
+        .replace("{batch}", &ids.batch)
 }
 
 struct Answer {
@@ -506,9 +526,22 @@ async fn tokens_owners_and_lists_are_isolated_on_every_route() {
         assert_eq!(status, 201, "{created}");
         a_payments.push(created["paymentId"].as_str().unwrap().to_owned());
     }
+    let a_batch = w
+        .http
+        .post(w.rt.url("/v1/payment-batches"))
+        .bearer_auth(w.token(A))
+        .header("idempotency-key", "iso-a-batch")
+        .header("content-type", "application/json")
+        .body(BATCH)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a_batch.status().as_u16(), 202);
+    let a_batch: Value = a_batch.json().await.unwrap();
     let ids = Ids {
         conn: a_alpha["connectionId"].as_str().unwrap().to_owned(),
         pay: a_payments[0].clone(),
+        batch: a_batch["batchId"].as_str().unwrap().to_owned(),
     };
     let a_conn_ids = [
         ids.conn.clone(),
@@ -583,6 +616,7 @@ async fn tokens_owners_and_lists_are_isolated_on_every_route() {
     let unknown = Ids {
         conn: uuid::Uuid::new_v4().to_string(),
         pay: uuid::Uuid::new_v4().to_string(),
+        batch: uuid::Uuid::new_v4().to_string(),
     };
     let b_auth = format!("Bearer {}", w.token(B));
     let mut cross_user = 0;
