@@ -89,7 +89,7 @@ impl Worker {
         };
         match self
             .service
-            .process_item(&message, receive, self.max_receives)
+            .process_item_or_give_up(&message, receive, self.max_receives)
             .await
         {
             Ok(BulkOutcome::Done | BulkOutcome::Refused) => true,

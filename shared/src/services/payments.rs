@@ -76,6 +76,8 @@ pub const MAX_REMITTANCE: usize = 140;
 pub const STATUS_QUEUE_URL_ENV: &str = "PAYMENT_STATUS_QUEUE_URL";
 /// Env: the polling schedule, `delay:until` pairs in seconds (see [`PollSchedule::parse`]).
 pub const POLL_SCHEDULE_ENV: &str = "PAYMENT_POLL_SCHEDULE";
+/// Env: how often (seconds) a batch item waiting for its SCA is polled at most.
+pub const BATCH_SCA_WAIT_ENV: &str = "PAYMENT_BATCH_SCA_WAIT_SECS";
 /// Largest page of `GET /v1/payments`.
 pub const MAX_PAGE: usize = 100;
 
@@ -124,6 +126,14 @@ impl PaymentsConfig {
     /// # Errors
     /// A message naming the variable that is not usable.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let batch_sca_wait = match lookup(BATCH_SCA_WAIT_ENV).filter(|s| !s.trim().is_empty()) {
+            Some(text) => StdDuration::from_secs(
+                text.trim()
+                    .parse()
+                    .map_err(|_| format!("{BATCH_SCA_WAIT_ENV} must be a whole number"))?,
+            ),
+            None => StdDuration::from_secs(60),
+        };
         let schedule = match lookup(POLL_SCHEDULE_ENV).filter(|s| !s.trim().is_empty()) {
             Some(text) => {
                 PollSchedule::parse(&text).map_err(|e| format!("{POLL_SCHEDULE_ENV}: {e}"))?
@@ -136,7 +146,7 @@ impl PaymentsConfig {
             key_lock: Duration::seconds(60),
             initiation_lease: Duration::seconds(60),
             resend_after: Duration::seconds(60),
-            batch_sca_wait: StdDuration::from_secs(60),
+            batch_sca_wait,
         })
     }
 }

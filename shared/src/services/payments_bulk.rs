@@ -405,12 +405,34 @@ impl Payments {
                     ));
                 }
                 if receive >= max_receives {
-                    self.give_up_item(message, &e).await?;
+                    self.give_up_item(message, e.code()).await?;
                     return Ok(BulkOutcome::Poison);
                 }
                 Ok(BulkOutcome::Retry(crate::webhook::retry_backoff(receive)))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// [`Self::process_item`], and on the message's last receive a failure of our own
+    /// (storage, queue) is recorded on the item too, so nothing reaches the DLQ unexplained.
+    ///
+    /// # Errors
+    /// As [`Self::process_item`].
+    pub async fn process_item_or_give_up(
+        &self,
+        message: &BulkMessage,
+        receive: u32,
+        max_receives: u32,
+    ) -> Result<BulkOutcome, ServiceError> {
+        match self.process_item(message, receive, max_receives).await {
+            Err(e) if receive >= max_receives => {
+                warn!(payment_id = %message.payment_id, error = %super::super::log_text(&e),
+                    "bulk item failed on its last receive");
+                self.give_up_item(message, "INTERNAL_ERROR").await?;
+                Ok(BulkOutcome::Poison)
+            }
+            other => other,
         }
     }
 
@@ -447,7 +469,7 @@ impl Payments {
     }
 
     /// The last receive failed: the item is failed for good, with the bank's reason.
-    async fn give_up_item(&self, message: &BulkMessage, e: &BankError) -> Result<(), ServiceError> {
+    async fn give_up_item(&self, message: &BulkMessage, code: &str) -> Result<(), ServiceError> {
         for _ in 0..4 {
             let Some(mut record) = self
                 .payments
@@ -460,7 +482,7 @@ impl Payments {
                 return Ok(());
             }
             record.failure = Some(PaymentFailure {
-                code: e.code().to_owned(),
+                code: code.to_owned(),
                 retryable: false,
                 at: self.clock.now(),
             });
@@ -468,7 +490,7 @@ impl Payments {
             record.queued = false;
             match self.payments.update(&record).await {
                 Ok(_) => {
-                    warn!(payment_id = %message.payment_id, code = e.code(),
+                    warn!(payment_id = %message.payment_id, code,
                         "bulk item failed on its last attempt; its message goes to the DLQ");
                     return Ok(());
                 }
