@@ -285,7 +285,7 @@ fn parallel_page_urls(next: &Url, last: &Url) -> Option<Vec<Url>> {
         return None;
     }
     let last_index = page_index(last)?;
-    if last_index < 1 || last_index >= MAX_TRANSACTION_PAGES {
+    if !(1..MAX_TRANSACTION_PAGES).contains(&last_index) {
         return None;
     }
     let with_index = |index: usize| {
