@@ -14,14 +14,15 @@ LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
 SANDBOX_ADDR ?= 127.0.0.1:8080
 STACK_NAME ?= openbank-local
 
-.PHONY: help setup aws-up aws-down provision sandbox up package bench token test fmt-check clippy lint-template fmt
+.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation token test fmt-check clippy lint-template fmt
 
 help:
 	@echo "make up     run the bundle locally: local AWS, template.yaml resources, sandbox bank, local runtime on :3000"
 	@echo "make test   fmt check, clippy -D warnings, cfn-lint, unit and integration tests"
 	@echo "make aws-up / aws-down   start / stop moto_server (skipped when AWS_ENDPOINT_URL is set)"
 	@echo "make token  print a local JWT (USER_NAME=alice make token)"
-	@echo "make bench  release build + per-function size, cold start, latency, memory"
+	@echo "make bench  release build + per-function size, cold start, latency, memory; then bench-aggregation"
+	@echo "make bench-aggregation  cold/warm aggregated reads at 100 ms bank latency + categorisation throughput"
 	@echo "make package  cargo-lambda build of every function (PACKAGE_ARCH=arm64|x86-64)"
 
 setup:
@@ -46,8 +47,12 @@ up:
 package:
 	@bash scripts/package.sh
 
-bench:
+bench: aws-up
 	@bash scripts/bench.sh
+	@$(LOCAL_ENV) bash scripts/bench-aggregation.sh
+
+bench-aggregation: aws-up
+	@$(LOCAL_ENV) bash scripts/bench-aggregation.sh
 
 token:
 	@cargo run -q -p infra --bin local-token -- $${USER_NAME:-demo}

@@ -201,31 +201,36 @@ impl Runtime {
         jwt_secret: &str,
         env: &[(&str, String)],
     ) -> Runtime {
+        Self::start_from(template_path, jwt_secret, env, &debug_bin_dir()).await
+    }
+
+    /// As [`Self::start`], with the function binaries taken from `bin_dir` (e.g. the
+    /// workspace's `target/release` for benchmarks).
+    pub async fn start_from(
+        template_path: &std::path::Path,
+        jwt_secret: &str,
+        env: &[(&str, String)],
+        bin_dir: &std::path::Path,
+    ) -> Runtime {
         use infra::local_runtime::app::{RuntimeOptions, RuntimePlan};
         // Logs (ours and the functions') go to the test's captured output: shown on failure.
         let _ = tracing_subscriber::fmt()
             .json()
             .with_test_writer()
             .try_init();
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let template = infra::template::Template::load(template_path).expect("template");
         let local = LocalStack::provision_template(&template).await;
         let mut ctx = infra::provision::resolve_context(&local.sdk, &local.resources.stack_name);
         ctx.parameters
             .extend(infra::local_runtime::app::local_parameters());
         ctx.deployed = local.resources.deployed(&ctx.region, &ctx.account_id);
-        let mut plan = RuntimePlan::build(
-            &template,
-            template_path,
-            &ctx,
-            &local.resources,
-            &root.join("target/debug"),
-        )
-        .expect("runtime plan");
+        let mut plan =
+            RuntimePlan::build(&template, template_path, &ctx, &local.resources, bin_dir)
+                .expect("runtime plan");
         let missing = plan.missing_binaries();
         assert!(
             missing.is_empty(),
-            "build the functions first (cargo build --workspace --bins): {missing:?}"
+            "build the functions first (cargo build --workspace --bins, or --release): {missing:?}"
         );
         // Functions reach the same local AWS as the test (Lambda hands its functions
         // credentials and a region the same way: through the environment).
@@ -287,6 +292,29 @@ impl Runtime {
     }
 }
 
+/// Where the tests take the function binaries from: the workspace's `target/debug`.
+pub fn debug_bin_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
+}
+
+/// How [`Bundle::start_with`] starts the bundle.
+#[derive(Clone, Debug)]
+pub struct BundleOptions {
+    /// The in-process sandbox bank's settings (page size, seed, payment step).
+    pub sandbox: SandboxConfig,
+    /// The function binaries: [`debug_bin_dir`] unless told otherwise.
+    pub bin_dir: std::path::PathBuf,
+}
+
+impl Default for BundleOptions {
+    fn default() -> Self {
+        Self {
+            sandbox: SandboxConfig::default(),
+            bin_dir: debug_bin_dir(),
+        }
+    }
+}
+
 /// The deployed functions (template.yaml) in the local runtime, an in-process sandbox bank
 /// they talk to, and an HTTP client that looks at redirects instead of following them:
 /// what the end-to-end tests drive.
@@ -301,8 +329,17 @@ impl Bundle {
     /// Starts a sandbox bank and template.yaml in the local runtime pointed at it, signing
     /// tokens with `secret`; `extra_env` is added to every function's environment.
     pub async fn start(secret: &str, extra_env: &[(&str, String)]) -> Bundle {
+        Self::start_with(secret, extra_env, BundleOptions::default()).await
+    }
+
+    /// As [`Self::start`], with another sandbox configuration or function binaries.
+    pub async fn start_with(
+        secret: &str,
+        extra_env: &[(&str, String)],
+        options: BundleOptions,
+    ) -> Bundle {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let sandbox = Sandbox::start(infra::sandbox::SandboxConfig::default()).await;
+        let sandbox = Sandbox::start(options.sandbox).await;
         let mut env = vec![
             (
                 "BANK_REGISTRY_PATH",
@@ -315,7 +352,8 @@ impl Bundle {
             ),
         ];
         env.extend(extra_env.iter().cloned());
-        let rt = Runtime::start(&root.join("template.yaml"), secret, &env).await;
+        let rt =
+            Runtime::start_from(&root.join("template.yaml"), secret, &env, &options.bin_dir).await;
         Bundle {
             rt,
             sandbox,

@@ -487,3 +487,99 @@ async fn rejected_creditor_and_denied_sca_end_rejected() {
         Err(BankError::ResourceUnknown { .. })
     ));
 }
+
+/// The `parallelPages` quirk: the same transactions, in the same order, as following
+/// `_links.next` one page at a time, but the bank's latency counts about twice (the first
+/// page, then all the others together) instead of once per page. The time the same
+/// listing takes without latency (the sandbox's and the parsing's CPU time, large in
+/// debug builds) is measured and taken out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_pages_return_exactly_what_sequential_paging_returns_in_two_round_trips() {
+    const LATENCY_MS: u64 = 500;
+    let sandbox = Sandbox::start(config()).await;
+    let consent = valid_consent(&sandbox, "lt-alpha", 4).await;
+    let bank_config = |parallel: bool| {
+        let mut bank = sandbox
+            .registry
+            .get(&shared::domain::BankId::parse("lt-alpha").unwrap())
+            .unwrap()
+            .clone();
+        bank.quirks.parallel_pages = parallel;
+        bank
+    };
+    let sequential =
+        shared::bank::berlin_group::BerlinGroupConnector::new(bank_config(false)).unwrap();
+    let parallel =
+        shared::bank::berlin_group::BerlinGroupConnector::new(bank_config(true)).unwrap();
+    let psu = PsuContext::present(PSU_IP);
+    let accounts = sequential.accounts(&consent, &psu).await.unwrap();
+    let query = TransactionQuery {
+        booking_status: BookingStatus::Both,
+        date_from: Some(Utc::now().date_naive() - Days::new(120)),
+        date_to: None,
+    };
+    let requests = || async {
+        sandbox.get_json("counts").await["byBank"]["lt-alpha"]
+            .as_u64()
+            .unwrap()
+    };
+    // (transactions, bank calls, wall time) of one listing.
+    let list = async |connector: &shared::bank::berlin_group::BerlinGroupConnector,
+                      account: &shared::domain::AccountId| {
+        let before = requests().await;
+        let started = std::time::Instant::now();
+        let txs = connector
+            .transactions(&consent, account, &query, &psu)
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        (txs, requests().await - before, elapsed)
+    };
+
+    // Every account (one page or several): the same list, the same pages.
+    let mut longest = None;
+    for account in &accounts {
+        let (one_by_one, pages, _) = list(&sequential, &account.id).await;
+        let (together, parallel_pages, _) = list(&parallel, &account.id).await;
+        assert_eq!(together, one_by_one, "same transactions in the same order");
+        assert_eq!(parallel_pages, pages, "every page fetched once");
+        if longest.as_ref().is_none_or(|(_, p, _)| pages > *p) {
+            longest = Some((account.id.clone(), pages, one_by_one));
+        }
+    }
+    let (account, pages, expected) = longest.unwrap();
+    assert!(pages >= 4, "a listing of several pages: {pages}");
+
+    // The longest listing with latency: round trips the latency added.
+    let mut base = Vec::new();
+    for connector in [&sequential, &parallel] {
+        let mut times: Vec<Duration> = Vec::new();
+        for _ in 0..3 {
+            times.push(list(connector, &account).await.2);
+        }
+        times.sort();
+        base.push(times[1]);
+    }
+    sandbox
+        .set_faults(serde_json::json!({ "latencyMs": LATENCY_MS }))
+        .await;
+    let round_trips = |with: Duration, without: Duration| {
+        with.saturating_sub(without).as_secs_f64() * 1000.0 / LATENCY_MS as f64
+    };
+    let (txs, _, sequential_time) = list(&sequential, &account).await;
+    assert_eq!(txs, expected);
+    let sequential_trips = round_trips(sequential_time, base[0]);
+    let (txs, _, parallel_time) = list(&parallel, &account).await;
+    assert_eq!(txs, expected);
+    let parallel_trips = round_trips(parallel_time, base[1]);
+    assert!(
+        sequential_trips > pages as f64 - 0.5,
+        "{pages} pages one by one: {sequential_trips:.2} round trips"
+    );
+    assert!(
+        (1.5..2.6).contains(&parallel_trips),
+        "{pages} pages with parallelPages: {parallel_trips:.2} round trips \
+         ({parallel_time:?}; {:?} without latency)",
+        base[1]
+    );
+}

@@ -91,6 +91,13 @@ pub struct BankQuirks {
     /// Renamed standard headers, e.g. `{"PSU-IP-Address": "PSU-IP"}`.
     #[serde(default)]
     pub header_names: BTreeMap<String, String>,
+    /// Fetch the pages of a transaction listing concurrently when the first page's
+    /// `_links` give `next` (`pageIndex=1`) and `last` (`pageIndex=N`) hrefs that differ
+    /// only in `pageIndex`: pages 1..=N are requested together (at most 8 at a time) and
+    /// kept in order. Only for banks whose paging is by `pageIndex` on a stable listing;
+    /// otherwise, and by default, `next` is followed one page at a time.
+    #[serde(default)]
+    pub parallel_pages: bool,
 }
 
 /// Where the QWAC certificate and key come from: PEM files, or PEM in environment
@@ -316,6 +323,10 @@ mod tests {
         assert_eq!(bank.max_consent_days, 180);
         assert_eq!(bank.frequency_per_day, 4);
         assert_eq!(bank.quirks.extra_query["tenant"], "t1");
+        assert!(
+            !bank.quirks.parallel_pages,
+            "pages one at a time by default"
+        );
         assert_eq!(bank.payment_currencies[0].code(), "EUR");
         assert!(reg.get(&BankId::parse("lt-alpha").unwrap()).is_some());
         assert!(reg.get(&BankId::parse("lv-other").unwrap()).is_none());

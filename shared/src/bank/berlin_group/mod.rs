@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -25,6 +26,8 @@ use crate::domain::{
 
 /// Upper bound on `_links.next` pages followed for one transaction listing.
 const MAX_TRANSACTION_PAGES: usize = 500;
+/// Pages of one listing in flight at once with the `parallelPages` quirk.
+const PARALLEL_PAGES: usize = 8;
 
 pub struct BerlinGroupConnector {
     config: BankConfig,
@@ -205,6 +208,46 @@ impl BerlinGroupConnector {
             .map_err(|e| BankError::Protocol(format!("unexpected response body: {e}")))
     }
 
+    /// One page of a transaction listing, after the loop and page-count guards.
+    async fn transaction_page(
+        &self,
+        url: Url,
+        consent: &BankConsentId,
+        psu: &PsuContext,
+        seen: &mut HashSet<String>,
+    ) -> Result<wire::TransactionPage, BankError> {
+        if seen.len() >= MAX_TRANSACTION_PAGES {
+            return Err(BankError::Protocol(format!(
+                "more than {MAX_TRANSACTION_PAGES} transaction pages"
+            )));
+        }
+        if !seen.insert(url.to_string()) {
+            return Err(BankError::Protocol(
+                "transaction pages link in a loop".into(),
+            ));
+        }
+        self.fetch_transaction_page(url, consent, psu).await
+    }
+
+    async fn fetch_transaction_page(
+        &self,
+        url: Url,
+        consent: &BankConsentId,
+        psu: &PsuContext,
+    ) -> Result<wire::TransactionPage, BankError> {
+        let builder = self.request(
+            Method::GET,
+            url,
+            CallHeaders {
+                consent: Some(consent),
+                psu: Some(psu),
+                ..Default::default()
+            },
+        );
+        let response: wire::TransactionsResponse = self.call(builder).await?;
+        response.transactions.unwrap_or_default().into_domain()
+    }
+
     fn transport_error(&self, e: reqwest::Error) -> BankError {
         if e.is_timeout() {
             BankError::Timeout(self.timeout)
@@ -222,6 +265,54 @@ impl BerlinGroupConnector {
             }
         }
     }
+}
+
+/// The URLs of pages 1..=N of a transaction listing, when the first page's links allow
+/// fetching them all at once (the `parallelPages` quirk): `next` has `pageIndex=1`,
+/// `last` has `pageIndex=N`, and `last` is `next` with only `pageIndex` changed. `None`
+/// otherwise (the caller then follows `next` one page at a time).
+fn parallel_page_urls(next: &Url, last: &Url) -> Option<Vec<Url>> {
+    let page_index = |url: &Url| -> Option<usize> {
+        let mut found = url
+            .query_pairs()
+            .filter(|(k, _)| k == "pageIndex")
+            .map(|(_, v)| v.parse::<usize>().ok());
+        let index = found.next()??;
+        // A second pageIndex is ambiguous.
+        found.next().is_none().then_some(index)
+    };
+    if page_index(next)? != 1 {
+        return None;
+    }
+    let last_index = page_index(last)?;
+    if !(1..MAX_TRANSACTION_PAGES).contains(&last_index) {
+        return None;
+    }
+    let with_index = |index: usize| {
+        let pairs: Vec<(String, String)> = next
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "pageIndex" {
+                    index.to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        let mut url = next.clone();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+        url
+    };
+    let same_listing = |a: &Url, b: &Url| {
+        a.origin() == b.origin()
+            && a.path() == b.path()
+            && a.query_pairs().collect::<Vec<_>>() == b.query_pairs().collect::<Vec<_>>()
+    };
+    if !same_listing(&with_index(last_index), last) {
+        return None;
+    }
+    Some((1..=last_index).map(with_index).collect())
 }
 
 /// Header names we use, as the lowercase static strings `HeaderName` wants.
@@ -352,33 +443,59 @@ impl BankApi for BerlinGroupConnector {
                 pairs.append_pair("dateTo", &to.format("%Y-%m-%d").to_string());
             }
         }
-        let mut all = Vec::new();
         let mut seen = HashSet::new();
-        let mut next = Some(url);
-        while let Some(page_url) = next.take() {
-            if seen.len() >= MAX_TRANSACTION_PAGES {
+        let first = self.transaction_page(url, consent, psu, &mut seen).await?;
+        let mut all = first.transactions;
+        let mut next = first
+            .next
+            .as_deref()
+            .map(|href| self.resolve_href(href))
+            .transpose()?;
+        if self.config.quirks.parallel_pages
+            && let (Some(next_url), Some(last)) = (&next, &first.last)
+            && let Ok(last_url) = self.resolve_href(last)
+            && let Some(urls) = parallel_page_urls(next_url, &last_url)
+        {
+            if seen.len() + urls.len() > MAX_TRANSACTION_PAGES {
                 return Err(BankError::Protocol(format!(
                     "more than {MAX_TRANSACTION_PAGES} transaction pages"
                 )));
             }
-            if !seen.insert(page_url.to_string()) {
-                return Err(BankError::Protocol(
-                    "transaction pages link in a loop".into(),
-                ));
+            for url in &urls {
+                if !seen.insert(url.to_string()) {
+                    return Err(BankError::Protocol(
+                        "transaction pages link in a loop".into(),
+                    ));
+                }
             }
-            let builder = self.request(
-                Method::GET,
-                page_url,
-                CallHeaders {
-                    consent: Some(consent),
-                    psu: Some(psu),
-                    ..Default::default()
-                },
-            );
-            let response: wire::TransactionsResponse = self.call(builder).await?;
-            let (page, next_href) = response.transactions.unwrap_or_default().into_domain()?;
-            all.extend(page);
-            next = next_href.map(|href| self.resolve_href(&href)).transpose()?;
+            // `buffered` keeps the pages in order while up to PARALLEL_PAGES are in flight.
+            let pages: Vec<wire::TransactionPage> = futures::stream::iter(urls)
+                .map(|url| self.fetch_transaction_page(url, consent, psu))
+                .buffered(PARALLEL_PAGES)
+                .try_collect()
+                .await?;
+            next = None;
+            for page in pages {
+                all.extend(page.transactions);
+                // Only the last page's `next` counts: present when the listing grew
+                // since the first page; the rest is then followed one page at a time.
+                next = page
+                    .next
+                    .as_deref()
+                    .map(|href| self.resolve_href(href))
+                    .transpose()?;
+            }
+        }
+        while let Some(page_url) = next.take() {
+            let page = self
+                .transaction_page(page_url, consent, psu, &mut seen)
+                .await?;
+            all.extend(page.transactions);
+            next = page
+                .next
+                .as_deref()
+                .map(|href| self.resolve_href(href))
+                .transpose()?;
         }
         Ok(all)
     }
@@ -489,6 +606,68 @@ mod tests {
         assert_eq!(
             c.url(&["consents"]).as_str(),
             "http://127.0.0.1:8080/v1/consents"
+        );
+    }
+
+    #[test]
+    fn parallel_pages_only_from_consistent_links() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let base = "https://bank.example/v1/accounts/x/transactions";
+        let urls = parallel_page_urls(
+            &u(&format!(
+                "{base}?bookingStatus=both&dateFrom=2025-01-01&pageIndex=1"
+            )),
+            &u(&format!(
+                "{base}?bookingStatus=both&dateFrom=2025-01-01&pageIndex=3"
+            )),
+        )
+        .unwrap();
+        let shown: Vec<String> = urls.iter().map(Url::to_string).collect();
+        assert_eq!(
+            shown,
+            (1..=3)
+                .map(|i| format!("{base}?bookingStatus=both&dateFrom=2025-01-01&pageIndex={i}"))
+                .collect::<Vec<_>>()
+        );
+        // Two pages: `next` is the last one.
+        assert_eq!(
+            parallel_page_urls(
+                &u(&format!("{base}?pageIndex=1")),
+                &u(&format!("{base}?pageIndex=1"))
+            )
+            .unwrap()
+            .len(),
+            1
+        );
+        for (next, last) in [
+            // next is not page 1 (a cursor, or 1-based paging)
+            ("?pageIndex=2", "?pageIndex=5"),
+            ("?cursor=abc", "?cursor=xyz"),
+            // last differs in more than pageIndex
+            (
+                "?bookingStatus=both&pageIndex=1",
+                "?bookingStatus=booked&pageIndex=4",
+            ),
+            // no pageIndex on last, or not a number
+            ("?pageIndex=1", "?page=4"),
+            ("?pageIndex=1", "?pageIndex=four"),
+            // ambiguous
+            ("?pageIndex=1&pageIndex=1", "?pageIndex=1&pageIndex=4"),
+            // absurd
+            ("?pageIndex=1", "?pageIndex=100000"),
+        ] {
+            assert!(
+                parallel_page_urls(&u(&format!("{base}{next}")), &u(&format!("{base}{last}")))
+                    .is_none(),
+                "{next} {last}"
+            );
+        }
+        assert!(
+            parallel_page_urls(
+                &u(&format!("{base}?pageIndex=1")),
+                &u("https://other.example/v1/accounts/x/transactions?pageIndex=3")
+            )
+            .is_none()
         );
     }
 

@@ -142,6 +142,9 @@ pub(crate) struct LinksBody {
     pub sca_oauth: Option<HrefBody>,
     #[serde(default)]
     pub next: Option<HrefBody>,
+    /// Paged transaction reports: the last page.
+    #[serde(default)]
+    pub last: Option<HrefBody>,
 }
 
 impl LinksBody {
@@ -371,9 +374,19 @@ impl TransactionBody {
     }
 }
 
+/// One page of a transaction report.
+pub(crate) struct TransactionPage {
+    /// Booked first, then pending.
+    pub transactions: Vec<Transaction>,
+    /// `_links.next`, absent on the last page.
+    pub next: Option<String>,
+    /// `_links.last`, when the bank gives it.
+    pub last: Option<String>,
+}
+
 impl AccountReportBody {
-    /// The page's transactions (booked first) and the `next` link, if any.
-    pub(crate) fn into_domain(self) -> Result<(Vec<Transaction>, Option<String>), BankError> {
+    /// The page's transactions (booked first) and its `next` and `last` links.
+    pub(crate) fn into_domain(self) -> Result<TransactionPage, BankError> {
         let mut out = Vec::with_capacity(self.booked.len() + self.pending.len());
         for t in self.booked {
             out.push(t.into_domain(TransactionState::Booked)?);
@@ -381,7 +394,11 @@ impl AccountReportBody {
         for t in self.pending {
             out.push(t.into_domain(TransactionState::Pending)?);
         }
-        Ok((out, self.links.next.map(|l| l.href)))
+        Ok(TransactionPage {
+            transactions: out,
+            next: self.links.next.map(|l| l.href),
+            last: self.links.last.map(|l| l.href),
+        })
     }
 }
 

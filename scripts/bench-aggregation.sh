@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make bench-aggregation` (and the second half of `make bench`): the aggregation API's
+# figures from the issue "Multi-bank aggregation", in one table:
+#   - cold and warm GET /v1/balances and GET /v1/transactions through HTTP, 3 banks x 3
+#     accounts, with the sandbox bank's latency fault at 100 ms per call;
+#   - categorisation throughput over 1,000,000 transactions (bench-categorise).
+# Release builds of the functions (as `make bench` builds them) and of the bench binary;
+# local AWS (moto) is started when nothing answers and AWS_ENDPOINT_URL is unset.
+# Settings: BENCH_LATENCY_MS, BENCH_COLD_RUNS, BENCH_WARM_RUNS, BENCH_LARGE_PAGE_SIZE
+# (see tests/src/bin/bench-aggregation.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/rust-toolchain.sh
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
+
+started_aws=0
+if [ -z "${AWS_ENDPOINT_URL:-}" ] && ! bash scripts/local-aws.sh status >/dev/null 2>&1; then
+  bash scripts/local-aws.sh start
+  started_aws=1
+fi
+trap 'if [ "$started_aws" = 1 ]; then env -u AWS_ENDPOINT_URL bash scripts/local-aws.sh stop; fi' EXIT
+export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
+export AWS_REGION="${AWS_REGION:-eu-central-1}"
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}"
+export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
+
+# The functions exactly as `make bench` builds them (a no-op right after it), then the
+# bench binary; it runs the functions and bench-categorise from its own directory.
+cargo build --release --bins --workspace --exclude runtime-fixture --exclude integration-tests
+cargo build --release -p integration-tests --bin bench-aggregation
+"$TARGET/release/bench-aggregation"

@@ -1,0 +1,531 @@
+//! `make bench-aggregation`: the aggregation API's figures from the issue "Multi-bank
+//! aggregation", measured through HTTP against the deployed functions (template.yaml in
+//! the local runtime, local AWS, the in-process sandbox bank with 3 banks × 3 accounts):
+//!
+//! - cold `GET /v1/balances` and `GET /v1/transactions`: a user whose connections have no
+//!   snapshot yet, with every bank call delayed by the sandbox's latency fault (target
+//!   ≤ 2.5 × the latency);
+//! - warm reads of the same, served from the snapshot (target ≤ 20 ms, zero bank calls;
+//!   the sandbox's call counts are read before and after every request);
+//! - categorisation throughput, from the `bench-categorise` binary next to this one
+//!   (target ≥ 8 million transactions/s on one core).
+//!
+//! Every figure is measured in the run that prints it. The function binaries are the ones
+//! next to this binary (`target/release` when built with `--release`), unless
+//! `BENCH_BIN_DIR` says otherwise.
+//!
+//! Environment: `BENCH_LATENCY_MS` (100), `BENCH_COLD_RUNS` (5 users per cold figure),
+//! `BENCH_WARM_RUNS` (20), `BENCH_LARGE_PAGE_SIZE` (200; 0 skips the extra rows with a
+//! larger sandbox page), `BENCH_CATEGORISE` (1; 0 skips bench-categorise),
+//! `RUST_LOG` (error).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use infra::sandbox::SandboxConfig;
+use integration_tests::{Bundle, BundleOptions};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const SECRET: &str = "bench-aggregation-secret";
+const APP: &str = "http://127.0.0.1:3000/app/connected";
+const BANKS: [&str; 3] = ["lt-alpha", "lv-baltija", "ee-pohja"];
+const WARM_TARGET: Duration = Duration::from_millis(20);
+const CATEGORISE_TARGET: f64 = 8.0;
+
+fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name} must be a whole number")),
+        _ => Ok(default),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank]
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+/// One row of the printed table.
+struct Row {
+    measurement: String,
+    value: String,
+    target: String,
+    met: String,
+}
+
+impl Row {
+    fn new(measurement: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            measurement: measurement.into(),
+            value: value.into(),
+            target: String::new(),
+            met: String::new(),
+        }
+    }
+
+    fn target(mut self, target: impl Into<String>, met: bool) -> Self {
+        self.target = target.into();
+        self.met = verdict(met).to_owned();
+        self
+    }
+}
+
+/// Timings of one kind of request and the bank calls each caused.
+struct Sample {
+    times: Vec<Duration>,
+    bank_calls: Vec<u64>,
+}
+
+impl Sample {
+    fn sorted(&self) -> Vec<Duration> {
+        let mut t = self.times.clone();
+        t.sort();
+        t
+    }
+}
+
+/// A bundle (functions in the local runtime, local AWS, sandbox bank) and the users
+/// linked to all three banks in it.
+struct Scene {
+    bundle: Bundle,
+    next_user: usize,
+    label: &'static str,
+}
+
+impl Scene {
+    async fn start(
+        label: &'static str,
+        bin_dir: &Path,
+        page_size: usize,
+        registry: Option<&Path>,
+    ) -> Scene {
+        let mut env = Vec::new();
+        if let Some(path) = registry {
+            env.push(("BANK_REGISTRY_PATH", path.display().to_string()));
+        }
+        let bundle = Bundle::start_with(
+            SECRET,
+            &env,
+            BundleOptions {
+                sandbox: SandboxConfig {
+                    page_size,
+                    ..SandboxConfig::default()
+                },
+                bin_dir: bin_dir.to_owned(),
+            },
+        )
+        .await;
+        Scene {
+            bundle,
+            next_user: 0,
+            label,
+        }
+    }
+
+    /// A fresh user with the three banks linked and approved (no latency fault yet).
+    async fn linked_user(&mut self) -> anyhow::Result<String> {
+        self.next_user += 1;
+        let user = format!("bench-{}-{}", self.label, self.next_user);
+        for bank in BANKS {
+            let created = self
+                .bundle
+                .connect(
+                    &user,
+                    json!({"bankId": bank, "validDays": 90, "redirectUrl": APP}),
+                )
+                .await;
+            let (status, location) = self
+                .bundle
+                .follow(&self.bundle.decide(&created, "approve").await)
+                .await;
+            ensure!(
+                status == 302
+                    && location
+                        .as_deref()
+                        .is_some_and(|l| l.contains("status=valid")),
+                "linking {bank} for {user}: {status} {location:?}"
+            );
+        }
+        Ok(user)
+    }
+
+    async fn bank_calls(&self) -> u64 {
+        self.bundle.sandbox.get_json("counts").await["total"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// One timed request; checks the answer covers 3 banks × 3 accounts without errors and
+    /// says whether it came from the snapshot as `from_snapshot` expects.
+    async fn timed(
+        &self,
+        user: &str,
+        path: &str,
+        from_snapshot: bool,
+    ) -> anyhow::Result<(Duration, u64, Value)> {
+        let before = self.bank_calls().await;
+        let started = Instant::now();
+        let (status, answer) = self.bundle.call(user, Method::GET, path, None).await;
+        let elapsed = started.elapsed();
+        let calls = self.bank_calls().await - before;
+        ensure!(status == 200, "GET {path} as {user}: {status} {answer}");
+        ensure!(
+            answer["errors"].as_array().is_some_and(Vec::is_empty),
+            "GET {path} as {user} reported errors: {}",
+            answer["errors"]
+        );
+        let sources = answer["sources"].as_array().context("sources")?;
+        ensure!(
+            sources.len() == BANKS.len()
+                && sources
+                    .iter()
+                    .all(|s| s["fromSnapshot"].as_bool() == Some(from_snapshot)),
+            "GET {path} as {user}: expected fromSnapshot={from_snapshot} for 3 banks: {sources:?}"
+        );
+        if path.starts_with("/v1/balances") {
+            let accounts = answer["accounts"].as_array().map_or(0, Vec::len);
+            ensure!(accounts == 9, "3 banks × 3 accounts, got {accounts}");
+        }
+        Ok((elapsed, calls, answer))
+    }
+
+    /// `runs` fresh users, each reading `path` once with nothing stored yet; returns the
+    /// sample and the users (whose snapshots now exist).
+    async fn cold(
+        &mut self,
+        path: &str,
+        runs: usize,
+        latency_ms: u64,
+    ) -> anyhow::Result<(Sample, Vec<String>)> {
+        let mut users = Vec::new();
+        self.bundle.sandbox.clear_faults().await;
+        for _ in 0..runs {
+            users.push(self.linked_user().await?);
+        }
+        self.set_latency(latency_ms).await;
+        let mut sample = Sample {
+            times: vec![],
+            bank_calls: vec![],
+        };
+        for user in &users {
+            let (elapsed, calls, _) = self.timed(user, path, false).await?;
+            sample.times.push(elapsed);
+            sample.bank_calls.push(calls);
+        }
+        Ok((sample, users))
+    }
+
+    /// `runs` reads of `path` by `user`, after `warmup` unmeasured ones.
+    async fn warm(
+        &self,
+        user: &str,
+        path: &str,
+        warmup: usize,
+        runs: usize,
+    ) -> anyhow::Result<Sample> {
+        for _ in 0..warmup {
+            self.timed(user, path, true).await?;
+        }
+        let mut sample = Sample {
+            times: vec![],
+            bank_calls: vec![],
+        };
+        for _ in 0..runs {
+            let (elapsed, calls, _) = self.timed(user, path, true).await?;
+            sample.times.push(elapsed);
+            sample.bank_calls.push(calls);
+        }
+        Ok(sample)
+    }
+
+    async fn set_latency(&self, latency_ms: u64) {
+        self.bundle
+            .sandbox
+            .set_faults(json!({ "latencyMs": latency_ms }))
+            .await;
+    }
+
+    /// Starts the aggregation function's instance and its connections (Lambda cold start,
+    /// SDK clients, ECB rates cache) with reads that are not measured.
+    async fn warm_up_function(&mut self) -> anyhow::Result<()> {
+        let user = self.linked_user().await?;
+        for _ in 0..2 {
+            for path in ["/v1/balances?baseCurrency=EUR", "/v1/transactions"] {
+                let (status, answer) = self.bundle.call(&user, Method::GET, path, None).await;
+                ensure!(status == 200, "warm-up GET {path}: {status} {answer}");
+            }
+        }
+        Ok(())
+    }
+
+    /// One Berlin Group round trip with the latency fault, measured (an unauthenticated
+    /// status read: the fault's delay comes before validation).
+    async fn round_trip(&self) -> anyhow::Result<Duration> {
+        let url = format!(
+            "{}/lt-alpha/v1/consents/none/status",
+            self.bundle.sandbox.handle.base_url
+        );
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            self.bundle.sandbox.http.get(&url).send().await?;
+            times.push(started.elapsed());
+        }
+        times.sort();
+        Ok(percentile(&times, 0.5))
+    }
+
+    async fn stop(self) {
+        self.bundle.stop().await;
+    }
+}
+
+/// The bank calls a cold transactions read makes per account, as the sandbox counted them.
+fn calls_summary(sample: &Sample) -> String {
+    let min = sample.bank_calls.iter().min().copied().unwrap_or(0);
+    let max = sample.bank_calls.iter().max().copied().unwrap_or(0);
+    if min == max {
+        format!("{min}")
+    } else {
+        format!("{min}–{max}")
+    }
+}
+
+/// Runs `bench-categorise` (printing its output) and returns its throughput in million
+/// transactions per second.
+fn categorise(bin_dir: &Path) -> anyhow::Result<f64> {
+    let binary = bin_dir.join("bench-categorise");
+    let output = std::process::Command::new(&binary)
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    ensure!(output.status.success(), "{} failed", binary.display());
+    let text = String::from_utf8_lossy(&output.stdout);
+    print!("{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("categorisation:"))
+        .context("bench-categorise printed no `categorisation:` line")?;
+    let rate = line
+        .split('=')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .with_context(|| format!("no rate in {line:?}"))?;
+    Ok(rate)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .try_init();
+    let latency_ms = env_number("BENCH_LATENCY_MS", 100)?;
+    let cold_runs = usize::try_from(env_number("BENCH_COLD_RUNS", 5)?)?.max(1);
+    let warm_runs = usize::try_from(env_number("BENCH_WARM_RUNS", 20)?)?.max(1);
+    let large_page = usize::try_from(env_number("BENCH_LARGE_PAGE_SIZE", 200)?)?;
+    let run_categorise = env_number("BENCH_CATEGORISE", 1)? != 0;
+    let bin_dir = match std::env::var_os("BENCH_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the binary's directory")?
+            .to_owned(),
+    };
+    let profile = bin_dir
+        .file_name()
+        .map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned());
+    let default_page = SandboxConfig::default().page_size;
+    let cold_target = Duration::from_secs_f64(2.5 * latency_ms as f64 / 1000.0);
+    let mut rows = Vec::new();
+
+    // One core, nothing else running: before the bundle starts.
+    let categorise_rate = if run_categorise {
+        println!("## bench-categorise\n");
+        Some(categorise(&bin_dir)?)
+    } else {
+        None
+    };
+
+    println!("\n## bench-aggregation\n");
+    eprintln!(
+        "starting the bundle ({profile} binaries from {})",
+        bin_dir.display()
+    );
+    let mut scene = Scene::start("p50", &bin_dir, default_page, None).await;
+    scene.warm_up_function().await?;
+    scene.set_latency(latency_ms).await;
+    let round_trip = scene.round_trip().await?;
+
+    eprintln!("cold reads ({cold_runs} users each)");
+    let (cold_balances, balance_users) = scene
+        .cold("/v1/balances?baseCurrency=EUR", cold_runs, latency_ms)
+        .await?;
+    let (cold_tx, tx_users) = scene
+        .cold("/v1/transactions", cold_runs, latency_ms)
+        .await?;
+    eprintln!("warm reads ({warm_runs} each)");
+    let warm_balances = scene
+        .warm(
+            &balance_users[0],
+            "/v1/balances?baseCurrency=EUR",
+            3,
+            warm_runs,
+        )
+        .await?;
+    let warm_tx = scene
+        .warm(&tx_users[0], "/v1/transactions", 3, warm_runs)
+        .await?;
+    scene.stop().await;
+
+    let cold_row = |what: &str, sample: &Sample, page: usize| {
+        let sorted = sample.sorted();
+        let median = percentile(&sorted, 0.5);
+        Row::new(
+            format!(
+                "cold {what}, page size {page} (median of {}, max)",
+                sorted.len()
+            ),
+            format!(
+                "{} ({}), {} bank calls",
+                ms(median),
+                ms(*sorted.last().unwrap_or(&Duration::ZERO)),
+                calls_summary(sample)
+            ),
+        )
+        .target(
+            format!("≤ {} (2.5 × {latency_ms} ms)", ms(cold_target)),
+            median <= cold_target,
+        )
+    };
+    let warm_rows = |what: &str, sample: &Sample, rows: &mut Vec<Row>| {
+        let sorted = sample.sorted();
+        let p95 = percentile(&sorted, 0.95);
+        rows.push(
+            Row::new(
+                format!(
+                    "warm {what} from the snapshot (p50 / p95 of {})",
+                    sorted.len()
+                ),
+                format!("{} / {}", ms(percentile(&sorted, 0.5)), ms(p95)),
+            )
+            .target(format!("≤ {}", ms(WARM_TARGET)), p95 <= WARM_TARGET),
+        );
+        let most = sample.bank_calls.iter().max().copied().unwrap_or(0);
+        rows.push(
+            Row::new(
+                format!("bank calls per warm {what} (max of {})", sorted.len()),
+                most.to_string(),
+            )
+            .target("0", most == 0),
+        );
+    };
+    rows.push(cold_row("GET /v1/balances", &cold_balances, default_page));
+    rows.push(cold_row("GET /v1/transactions", &cold_tx, default_page));
+    warm_rows("GET /v1/balances", &warm_balances, &mut rows);
+    warm_rows("GET /v1/transactions", &warm_tx, &mut rows);
+
+    // For comparison: the same cold read with the parallelPages quirk off (pages one by
+    // one), and with a page size closer to real banks'.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sequential_registry = std::env::temp_dir().join(format!(
+        "bench-aggregation-banks-{}.json",
+        std::process::id()
+    ));
+    let mut registry: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("infra/banks.json"))?)?;
+    for bank in registry["banks"].as_array_mut().context("banks")? {
+        bank["quirks"]["parallelPages"] = json!(false);
+    }
+    std::fs::write(&sequential_registry, registry.to_string())?;
+    eprintln!("cold transactions with pages one by one");
+    let mut scene = Scene::start(
+        "seq",
+        &bin_dir,
+        default_page,
+        Some(sequential_registry.as_path()),
+    )
+    .await;
+    scene.warm_up_function().await?;
+    let (sequential_tx, _) = scene
+        .cold("/v1/transactions", cold_runs, latency_ms)
+        .await?;
+    scene.stop().await;
+    let _ = std::fs::remove_file(&sequential_registry);
+    let mut row = cold_row("GET /v1/transactions", &sequential_tx, default_page);
+    row.measurement = row.measurement.replace(
+        "cold GET /v1/transactions",
+        "cold GET /v1/transactions, parallelPages off",
+    );
+    rows.push(row);
+
+    if large_page > 0 {
+        eprintln!("cold transactions, sandbox page size {large_page}");
+        let mut scene = Scene::start("large", &bin_dir, large_page, None).await;
+        scene.warm_up_function().await?;
+        let (large_tx, _) = scene
+            .cold("/v1/transactions", cold_runs, latency_ms)
+            .await?;
+        scene.stop().await;
+        rows.push(cold_row("GET /v1/transactions", &large_tx, large_page));
+    }
+
+    if let Some(rate) = categorise_rate {
+        rows.push(
+            Row::new(
+                "categorisation of 1,000,000 transactions (bench-categorise, best of 5)",
+                format!("{rate:.2} million tx/s"),
+            )
+            .target(
+                format!("≥ {CATEGORISE_TARGET} million tx/s, one core"),
+                rate >= CATEGORISE_TARGET,
+            ),
+        );
+    }
+
+    println!("| measurement | value | target | |");
+    println!("|---|---|---|---|");
+    for row in &rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            row.measurement, row.value, row.target, row.met
+        );
+    }
+    println!(
+        "\nSandbox latency fault {latency_ms} ms on every Berlin Group call (one round trip measured: {}); \
+         sandbox page size {default_page} unless the row says otherwise; 3 banks × 3 accounts, 90 days of history; \
+         {profile} function binaries ({}); {cold_runs} users per cold figure, {warm_runs} warm reads after 3 unmeasured ones; \
+         the aggregation function's instance warmed up first.",
+        ms(round_trip),
+        bin_dir.display()
+    );
+    println!(
+        "A cold balances read is 2 dependent round trips (account list, then every account's balances). \
+         A cold transactions read is at least 3: the account list, the first page of each account's \
+         history, then the remaining pages (concurrently with the parallelPages quirk, else one round trip per page)."
+    );
+    if profile != "release" {
+        println!(
+            "Note: {profile} binaries measured; build with --release for figures worth quoting."
+        );
+    }
+    Ok(())
+}
