@@ -14,7 +14,7 @@ LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
 SANDBOX_ADDR ?= 127.0.0.1:8080
 STACK_NAME ?= openbank-local
 
-.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation token test fmt-check clippy lint-template fmt
+.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation test-bulk token test fmt-check clippy lint-template fmt
 
 help:
 	@echo "make up     run the bundle locally: local AWS, template.yaml resources, sandbox bank, local runtime on :3000"
@@ -23,6 +23,7 @@ help:
 	@echo "make token  print a local JWT (USER_NAME=alice make token)"
 	@echo "make bench  release build + per-function size, cold start, latency, memory; then bench-aggregation"
 	@echo "make bench-aggregation  cold/warm aggregated reads at 100 ms bank latency + categorisation throughput"
+	@echo "make test-bulk  the bulk payment e2e with 1,000 items, faults and duplicated messages"
 	@echo "make package  cargo-lambda build of every function (PACKAGE_ARCH=arm64|x86-64)"
 
 setup:
@@ -53,6 +54,11 @@ bench: aws-up
 
 bench-aggregation: aws-up
 	@$(LOCAL_ENV) bash scripts/bench-aggregation.sh
+
+# The bulk payment e2e with the full 1,000-item payroll (make test runs 200 items).
+test-bulk: aws-up
+	cargo build --workspace --bins
+	@$(LOCAL_ENV) BULK_E2E_ITEMS=1000 cargo test -p integration-tests --test bulk_e2e -- --nocapture
 
 token:
 	@cargo run -q -p infra --bin local-token -- $${USER_NAME:-demo}
