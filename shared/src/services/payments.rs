@@ -335,7 +335,18 @@ impl Payments {
             Claim::Go(record) => record,
             Claim::Answer(response) => return Ok(response),
         };
-        match self.initiate_claimed(user, &request, &claim, psu_ip).await {
+        let result = self.initiate_claimed(user, &request, &claim, psu_ip).await;
+        self.settle_with(claim, result).await
+    }
+
+    /// Settles a claimed key with the outcome of its request: an answer is kept for every
+    /// retry (`Done`); a failure leaves the key retryable.
+    async fn settle_with(
+        &self,
+        claim: IdempotencyRecord,
+        result: Result<StoredResponse, ServiceError>,
+    ) -> Result<StoredResponse, ServiceError> {
+        match result {
             Ok(response) => {
                 self.settle_key(claim, IdempotencyState::Done, Some(response.clone()))
                     .await;

@@ -177,18 +177,8 @@ impl Payments {
             Claim::Go(record) => record,
             Claim::Answer(response) => return Ok(response),
         };
-        match self.accept_claimed(user, &request, &claim, psu_ip).await {
-            Ok(response) => {
-                self.settle_key(claim, IdempotencyState::Done, Some(response.clone()))
-                    .await;
-                Ok(response)
-            }
-            Err(e) => {
-                self.settle_key(claim, IdempotencyState::Retryable, None)
-                    .await;
-                Err(e)
-            }
-        }
+        let result = self.accept_claimed(user, &request, &claim, psu_ip).await;
+        self.settle_with(claim, result).await
     }
 
     async fn accept_claimed(

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use super::dynamo::{Item, backend, s};
+use super::dynamo::{Item, backend, bounded_increment, s};
 use crate::bank::{Account, Balance, Transaction};
 use crate::domain::{AccountId, ConsentId, UserId};
 
@@ -452,34 +452,15 @@ impl BankDataStore for DynamoBankDataStore {
             .and_utc()
             .timestamp()
             + 2 * 86_400;
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(Self::pk(user, consent)))
-            .key("sk", s(format!("USAGE#{day}#{}", kind.as_str())))
-            .update_expression("ADD #n :one SET expiresAt = :exp")
-            .condition_expression("attribute_not_exists(#n) OR #n < :limit")
-            .expression_attribute_names("#n", "count")
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .expression_attribute_values(":limit", AttributeValue::N(limit.to_string()))
-            .expression_attribute_values(":exp", AttributeValue::N(expires.to_string()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(
-                        aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_)
-                    )
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(backend(err)),
-        }
+        bounded_increment(
+            &self.client,
+            &self.table,
+            Self::pk(user, consent),
+            format!("USAGE#{day}#{}", kind.as_str()),
+            limit,
+            expires,
+        )
+        .await
     }
 
     async fn accesses(

@@ -134,6 +134,45 @@ fn is_condition_failure(
     )
 }
 
+/// Adds one to the `count` of item (`pk`, `sk`) unless it reached `limit` (atomic, one
+/// UpdateItem): `false` when the limit was reached. `expires_at` (epoch seconds) is its TTL.
+pub(super) async fn bounded_increment(
+    client: &Client,
+    table: &str,
+    pk: String,
+    sk: String,
+    limit: u32,
+    expires_at: i64,
+) -> Result<bool, StoreError> {
+    let result = client
+        .update_item()
+        .table_name(table)
+        .key("pk", s(pk))
+        .key("sk", s(sk))
+        .update_expression("ADD #n :one SET expiresAt = :exp")
+        .condition_expression("attribute_not_exists(#n) OR #n < :limit")
+        .expression_attribute_names("#n", "count")
+        .expression_attribute_values(":one", AttributeValue::N("1".into()))
+        .expression_attribute_values(":limit", AttributeValue::N(limit.to_string()))
+        .expression_attribute_values(":exp", AttributeValue::N(expires_at.to_string()))
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(true),
+        Err(err)
+            if matches!(
+                err.as_service_error(),
+                Some(
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_)
+                )
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(backend(err)),
+    }
+}
+
 pub(super) async fn get_item<T: DeserializeOwned>(
     client: &Client,
     table: &str,
@@ -590,34 +629,15 @@ impl PaymentStore for DynamoPaymentStore {
         second: i64,
         limit: u32,
     ) -> Result<bool, StoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("RATE#{}", bank.as_str())))
-            .key("sk", s(second.to_string()))
-            .update_expression("ADD #n :one SET expiresAt = :exp")
-            .condition_expression("attribute_not_exists(#n) OR #n < :limit")
-            .expression_attribute_names("#n", "count")
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .expression_attribute_values(":limit", AttributeValue::N(limit.to_string()))
-            .expression_attribute_values(":exp", AttributeValue::N((second + 3600).to_string()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(
-                        aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_)
-                    )
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(backend(err)),
-        }
+        bounded_increment(
+            &self.client,
+            &self.table,
+            format!("RATE#{}", bank.as_str()),
+            second.to_string(),
+            limit,
+            second + 3600,
+        )
+        .await
     }
 }
 
