@@ -47,12 +47,12 @@ up:
 package:
 	@bash scripts/package.sh
 
-bench: aws-up
+bench: setup
 	@bash scripts/bench.sh
-	@$(LOCAL_ENV) bash scripts/bench-aggregation.sh
+	@bash scripts/bench-aggregation.sh
 
-bench-aggregation: aws-up
-	@$(LOCAL_ENV) bash scripts/bench-aggregation.sh
+bench-aggregation: setup
+	@bash scripts/bench-aggregation.sh
 
 token:
 	@cargo run -q -p infra --bin local-token -- $${USER_NAME:-demo}
