@@ -48,12 +48,12 @@ up:
 package:
 	@bash scripts/package.sh
 
-bench: aws-up
+bench: setup
 	@bash scripts/bench.sh
-	@$(LOCAL_ENV) bash scripts/bench-aggregation.sh
+	@bash scripts/bench-aggregation.sh
 
-bench-aggregation: aws-up
-	@$(LOCAL_ENV) bash scripts/bench-aggregation.sh
+bench-aggregation: setup
+	@bash scripts/bench-aggregation.sh
 
 # The bulk payment e2e with the full 1,000-item payroll (make test runs 200 items).
 test-bulk: aws-up

@@ -4,8 +4,7 @@
 #   - cold and warm GET /v1/balances and GET /v1/transactions through HTTP, 3 banks x 3
 #     accounts, with the sandbox bank's latency fault at 100 ms per call;
 #   - categorisation throughput over 1,000,000 transactions (bench-categorise).
-# Release builds of the functions (as `make bench` builds them) and of the bench binary;
-# local AWS (moto) is started when nothing answers and AWS_ENDPOINT_URL is unset.
+# Release builds of the functions (as `make bench` builds them) and of the bench binary.
 # Settings: BENCH_LATENCY_MS, BENCH_COLD_RUNS, BENCH_WARM_RUNS, BENCH_LARGE_PAGE_SIZE
 # (see tests/src/bin/bench-aggregation.rs).
 set -euo pipefail
@@ -13,13 +12,28 @@ cd "$(dirname "$0")/.."
 bash scripts/rust-toolchain.sh
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 
-started_aws=0
-if [ -z "${AWS_ENDPOINT_URL:-}" ] && ! bash scripts/local-aws.sh status >/dev/null 2>&1; then
-  bash scripts/local-aws.sh start
-  started_aws=1
+# A private moto_server for the run (port BENCH_AWS_PORT, default 4577), stopped at the
+# end: a shared one that other tests keep busy would make the figures those tests' figures.
+# BENCH_AWS_ENDPOINT_URL uses an endpoint of yours instead.
+if [ -n "${BENCH_AWS_ENDPOINT_URL:-}" ]; then
+  export AWS_ENDPOINT_URL="$BENCH_AWS_ENDPOINT_URL"
+else
+  PORT="${BENCH_AWS_PORT:-4577}"
+  if curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/"; then
+    echo "bench-aggregation: something already listens on 127.0.0.1:$PORT (set BENCH_AWS_PORT)" >&2
+    exit 1
+  fi
+  [ -x .venv/bin/moto_server ] || bash scripts/python-env.sh
+  mkdir -p .local
+  .venv/bin/moto_server -H 127.0.0.1 -p "$PORT" >.local/bench-moto.log 2>&1 </dev/null &
+  moto_pid=$!
+  trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/moto-api/" && break
+    sleep 0.2
+  done
+  export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT"
 fi
-trap 'if [ "$started_aws" = 1 ]; then env -u AWS_ENDPOINT_URL bash scripts/local-aws.sh stop; fi' EXIT
-export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
 export AWS_REGION="${AWS_REGION:-eu-central-1}"
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}"
 export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"

@@ -290,6 +290,29 @@ impl Scene {
         Ok(percentile(&times, 0.5))
     }
 
+    /// One DynamoDB call to local AWS from here (DescribeTable of the consents table),
+    /// median of 10: what each store read of the functions costs at least.
+    async fn store_round_trip(&self) -> anyhow::Result<Duration> {
+        let client = self.bundle.rt.local.dynamodb();
+        let table = self
+            .bundle
+            .rt
+            .local
+            .resources
+            .tables
+            .get("ConsentsTable")
+            .context("ConsentsTable")?
+            .clone();
+        let mut times = Vec::new();
+        for _ in 0..10 {
+            let started = Instant::now();
+            client.describe_table().table_name(&table).send().await?;
+            times.push(started.elapsed());
+        }
+        times.sort();
+        Ok(percentile(&times, 0.5))
+    }
+
     async fn stop(self) {
         self.bundle.stop().await;
     }
@@ -374,6 +397,7 @@ async fn main() -> anyhow::Result<()> {
     scene.warm_up_function().await?;
     scene.set_latency(latency_ms).await;
     let round_trip = scene.round_trip().await?;
+    let store_round_trip = scene.store_round_trip().await?;
 
     eprintln!("cold reads ({cold_runs} users each)");
     let (cold_balances, balance_users) = scene
@@ -511,16 +535,21 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "\nSandbox latency fault {latency_ms} ms on every Berlin Group call (one round trip measured: {}); \
+         local AWS at {} (one DynamoDB call measured: {}); \
          sandbox page size {default_page} unless the row says otherwise; 3 banks × 3 accounts, 90 days of history; \
          {profile} function binaries ({}); {cold_runs} users per cold figure, {warm_runs} warm reads after 3 unmeasured ones; \
          the aggregation function's instance warmed up first.",
         ms(round_trip),
+        std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into()),
+        ms(store_round_trip),
         bin_dir.display()
     );
     println!(
         "A cold balances read is 2 dependent round trips (account list, then every account's balances). \
          A cold transactions read is at least 3: the account list, the first page of each account's \
-         history, then the remaining pages (concurrently with the parallelPages quirk, else one round trip per page)."
+         history, then the remaining pages (concurrently with the parallelPages quirk, else one round trip per page). \
+         Both also make dependent DynamoDB calls (connections, snapshot, access budget, snapshot writes); \
+         a warm read makes only those, and no bank call."
     );
     if profile != "release" {
         println!(
