@@ -1211,8 +1211,13 @@ impl Payments {
             match self.poll_step(record).await {
                 Err(ServiceError::Store(StoreError::VersionConflict { .. })) => continue,
                 Ok(PollOutcome::Stopped) => {
-                    self.mark_stopped(message).await?;
-                    return Ok(PollOutcome::Stopped);
+                    if self.mark_stopped(message).await? {
+                        return Ok(PollOutcome::Stopped);
+                    }
+                    // The initiation was retried meanwhile (the bank has the payment, or a
+                    // new attempt holds the lease): this message is still the live one, so
+                    // look again instead of ending the chain.
+                    continue;
                 }
                 other => return other,
             }
@@ -1324,18 +1329,22 @@ impl Payments {
     }
 
     /// Ends the chain of `message` (its initiation failed): no live message until a retry
-    /// of the initiation starts a new chain ([`Self::ensure_sent`]).
-    async fn mark_stopped(&self, message: &PollMessage) -> Result<(), ServiceError> {
+    /// of the initiation starts a new chain ([`Self::ensure_sent`]). `false` when the
+    /// record changed meanwhile so that the chain must go on (the initiation was retried).
+    async fn mark_stopped(&self, message: &PollMessage) -> Result<bool, ServiceError> {
         for _ in 0..4 {
             let Some(record) = self
                 .payments
                 .get(&message.user_id, &message.payment_id)
                 .await?
             else {
-                return Ok(());
+                return Ok(true);
             };
-            if record.poll.generation != message.generation || record.bank_payment_id.is_some() {
-                return Ok(());
+            if record.poll.generation != message.generation {
+                return Ok(true);
+            }
+            if record.bank_payment_id.is_some() || record.failure.is_none() {
+                return Ok(false);
             }
             let mut stopped = record.clone();
             stopped.poll.generation += 1;
@@ -1343,12 +1352,12 @@ impl Payments {
             stopped.poll.stopped = true;
             stopped.updated_at = self.clock.now();
             match self.payments.update(&stopped).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 Err(StoreError::VersionConflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends the live poll message (with `delay`) and marks it sent. A failed mark is
