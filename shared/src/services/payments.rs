@@ -1222,7 +1222,11 @@ impl Payments {
                 other => return other,
             }
         }
-        Ok(PollOutcome::Dropped)
+        // Still racing other writers: let the queue redeliver this (still live) message.
+        Err(StoreError::VersionConflict {
+            expected: message.generation,
+        }
+        .into())
     }
 
     /// One step of the live chain: ask the bank (or wait for / repeat the initiation),
@@ -1357,7 +1361,10 @@ impl Payments {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(true)
+        Err(StoreError::VersionConflict {
+            expected: message.generation,
+        }
+        .into())
     }
 
     /// Sends the live poll message (with `delay`) and marks it sent. A failed mark is
