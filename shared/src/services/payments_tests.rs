@@ -1243,3 +1243,41 @@ async fn transient_429_and_permanent_failures_per_item() {
     );
     assert_eq!(h.bank.payments_created(), 1);
 }
+
+#[tokio::test]
+async fn a_poll_step_that_read_a_stale_failure_does_not_end_the_chain() {
+    let h = harness();
+    h.submit("race", &batch(1)).await.unwrap();
+    let message = h.bulk_messages().pop().unwrap();
+    // The first attempt fails transiently: the item records a retryable failure, and its
+    // poll chain (generation 1) is already queued.
+    *h.bank.initiation_error.lock().unwrap() = Some(BankError::Unavailable {
+        status: Some(500),
+        retry_after: None,
+    });
+    assert!(matches!(
+        h.svc.process_item(&message, 1, 5).await.unwrap(),
+        bulk::BulkOutcome::Retry(_)
+    ));
+    let (poll, _) = h.queue.take().pop().unwrap();
+    // The poller reads the item while it still shows the failure …
+    let stale = h.payments.one(&message.payment_id);
+    assert!(stale.failure.is_some());
+    // … and meanwhile the worker's retry initiates it (no new poll message: the chain's
+    // message is still the live one).
+    *h.bank.initiation_error.lock().unwrap() = None;
+    assert_eq!(
+        h.svc.process_item(&message, 2, 5).await.unwrap(),
+        bulk::BulkOutcome::Done
+    );
+    assert!(h.queue.take().is_empty());
+    // The step decided "stopped" from its stale read; ending the chain must be refused.
+    assert_eq!(h.svc.poll_step(stale).await.unwrap(), PollOutcome::Stopped);
+    assert!(
+        !h.svc.mark_stopped(&poll).await.unwrap(),
+        "the chain goes on"
+    );
+    // The same message, looked at again, continues the chain.
+    assert_eq!(h.svc.poll(&poll).await.unwrap(), PollOutcome::Continued);
+    assert_eq!(h.queue.take().len(), 1, "one next poll");
+}
