@@ -14,15 +14,16 @@ LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
 SANDBOX_ADDR ?= 127.0.0.1:8080
 STACK_NAME ?= openbank-local
 
-.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation test-bulk token test fmt-check clippy lint-template fmt
+.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation bench-bulk test-bulk token test fmt-check clippy lint-template fmt
 
 help:
 	@echo "make up     run the bundle locally: local AWS, template.yaml resources, sandbox bank, local runtime on :3000"
 	@echo "make test   fmt check, clippy -D warnings, cfn-lint, unit and integration tests"
 	@echo "make aws-up / aws-down   start / stop moto_server (skipped when AWS_ENDPOINT_URL is set)"
 	@echo "make token  print a local JWT (USER_NAME=alice make token)"
-	@echo "make bench  release build + per-function size, cold start, latency, memory; then bench-aggregation"
+	@echo "make bench  release build + per-function size, cold start, latency, memory; then bench-aggregation and bench-bulk"
 	@echo "make bench-aggregation  cold/warm aggregated reads at 100 ms bank latency + categorisation throughput"
+	@echo "make bench-bulk  bulk acceptance time (1,000 items) and initiation throughput at 100 ms bank latency, cap 50/s"
 	@echo "make test-bulk  the bulk payment e2e with 1,000 items, faults and duplicated messages"
 	@echo "make package  cargo-lambda build of every function (PACKAGE_ARCH=arm64|x86-64)"
 
@@ -51,9 +52,13 @@ package:
 bench: setup
 	@bash scripts/bench.sh
 	@bash scripts/bench-aggregation.sh
+	@bash scripts/bench-bulk.sh
 
 bench-aggregation: setup
 	@bash scripts/bench-aggregation.sh
+
+bench-bulk: setup
+	@bash scripts/bench-bulk.sh
 
 # The bulk payment e2e with the full 1,000-item payroll (make test runs 200 items).
 test-bulk: aws-up

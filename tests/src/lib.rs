@@ -174,6 +174,17 @@ impl Sandbox {
             .unwrap();
     }
 
+    /// Empties the sandbox's request log.
+    pub async fn clear_requests(&self) {
+        self.http
+            .delete(self.admin("requests"))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+
     pub async fn clear_faults(&self) {
         self.http
             .delete(self.admin("faults"))

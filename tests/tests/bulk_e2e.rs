@@ -103,6 +103,23 @@ async fn dlq_bodies(w: &Bundle) -> Vec<Value> {
     }
 }
 
+/// Sends `bodies` to the queue, ten per call.
+async fn send_all(sqs: &aws_sdk_sqs::Client, queue: &str, bodies: &[Value]) {
+    for chunk in bodies.chunks(10) {
+        let mut send = sqs.send_message_batch().queue_url(queue);
+        for (i, body) in chunk.iter().enumerate() {
+            send = send.entries(
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("d{i}"))
+                    .message_body(body.to_string())
+                    .build()
+                    .unwrap(),
+            );
+        }
+        send.send().await.unwrap();
+    }
+}
+
 async fn run(n: usize) {
     let w = Bundle::start(
         SECRET,
@@ -173,28 +190,38 @@ async fn run(n: usize) {
         "the same answer for the same key"
     );
 
-    // Every bulk message delivered at least twice: a duplicate of each, now.
-    let (_, first) = items(&w, &batch).await;
+    // Every bulk message delivered at least twice. Acceptance sent one message per chunk
+    // of 100 items: a duplicate of each, now; the worker expands chunks into one message
+    // per item: a duplicate of each as soon as every item exists.
     let sqs = w.rt.local.sqs();
     let queue =
         w.rt.local
             .resources
             .queue_url("BulkPaymentQueue")
             .to_owned();
-    for chunk in first.chunks(10) {
-        let mut send = sqs.send_message_batch().queue_url(&queue);
-        for (i, item) in chunk.iter().enumerate() {
-            let body = json!({"userId": "payroll", "paymentId": item["paymentId"]});
-            send = send.entries(
-                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                    .id(format!("d{i}"))
-                    .message_body(body.to_string())
-                    .build()
-                    .unwrap(),
-            );
+    let chunk_messages: Vec<Value> = (0..n.div_ceil(100))
+        .map(|k| json!({"userId": "payroll", "batchId": batch, "chunk": k}))
+        .collect();
+    send_all(&sqs, &queue, &chunk_messages).await;
+    let expanded_by = Instant::now() + Duration::from_secs(120);
+    let first = loop {
+        let (_, first) = items(&w, &batch).await;
+        if first.len() == n {
+            break first;
         }
-        send.send().await.unwrap();
-    }
+        assert!(
+            Instant::now() < expanded_by,
+            "{} of {n} items after 120 s",
+            first.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let expanded = started.elapsed();
+    let item_messages: Vec<Value> = first
+        .iter()
+        .map(|item| json!({"userId": "payroll", "paymentId": item["paymentId"]}))
+        .collect();
+    send_all(&sqs, &queue, &item_messages).await;
 
     // The user authorises each item at the bank as it becomes ready (the sandbox's SCA,
     // scripted). The browser's return through our callback is left out here: the status
@@ -272,18 +299,21 @@ async fn run(n: usize) {
 
     // The DLQ holds only items that say why they failed.
     for body in dlq_bodies(&w).await {
-        let id = body["paymentId"].as_str().unwrap();
+        let id = body["paymentId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("only items may reach the DLQ: {body}"));
         let item = all.iter().find(|i| i["paymentId"] == id).unwrap();
         assert_eq!(item["state"], "failed", "{item}");
     }
     let at_bank = all_at_bank.unwrap_or(started.elapsed());
     println!(
         "bulk: {n} items, {initiated} initiated once each, {} rejected, {} failed; accepted in \
-         {} ms; every item through the bank's initiation after {:.1} s ({:.1} items/s, with \
-         faults, through the local runtime and moto)",
+         {} ms; every item stored after {} ms; every item through the bank's initiation after \
+         {:.1} s ({:.1} items/s, with faults, through the local runtime and moto)",
         rejected,
         failed.len(),
         acceptance.as_millis(),
+        expanded.as_millis(),
         at_bank.as_secs_f64(),
         n as f64 / at_bank.as_secs_f64()
     );

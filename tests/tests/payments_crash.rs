@@ -20,8 +20,8 @@ use shared::services::payments::{
     Payments, PaymentsConfig, PaymentsDeps, PollMessage, PollOutcome,
 };
 use shared::store::{
-    BatchRecord, DynamoIdempotencyStore, DynamoNotificationStore, DynamoPaymentStore, PaymentPage,
-    PaymentRecord, PaymentState, PaymentStore, StoreError,
+    BatchChunk, BatchRecord, DynamoIdempotencyStore, DynamoNotificationStore, DynamoPaymentStore,
+    PaymentPage, PaymentRecord, PaymentState, PaymentStore, StoreError,
 };
 
 /// The DynamoDB payment store, except that the next `crashes` writes recording a bank
@@ -74,6 +74,20 @@ impl PaymentStore for CrashingStore {
     }
     async fn update_batch(&self, batch: &BatchRecord) -> Result<BatchRecord, StoreError> {
         self.inner.update_batch(batch).await
+    }
+    async fn put_chunks(&self, chunks: &[BatchChunk]) -> Result<(), StoreError> {
+        self.inner.put_chunks(chunks).await
+    }
+    async fn get_chunk(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+        chunk: u32,
+    ) -> Result<Option<BatchChunk>, StoreError> {
+        self.inner.get_chunk(user, batch, chunk).await
+    }
+    async fn update_chunk(&self, chunk: &BatchChunk) -> Result<BatchChunk, StoreError> {
+        self.inner.update_chunk(chunk).await
     }
     async fn take_rate_slot(
         &self,

@@ -1,6 +1,7 @@
 //! The bulk payment worker (SQS `BulkPaymentQueue`, `ReportBatchItemFailures`): one
 //! message per batch item; the payments service claims the item once and initiates it
-//! (`shared::services::payments::bulk`). Per message:
+//! (`shared::services::payments::bulk`). A chunk message (acceptance sends one per 100
+//! items) is expanded into the chunk's items and one message per item. Per item message:
 //! - done, refused for good, or claimed elsewhere → acknowledged;
 //! - 429 → a fresh message after `Retry-After`, this one acknowledged (its receive count
 //!   is not used up);
@@ -16,7 +17,7 @@ use std::time::Duration;
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use serde_json::{Value, json};
 use shared::services::payments::Payments;
-use shared::services::payments::bulk::{BulkMessage, BulkOutcome, MAX_RECEIVES_ENV};
+use shared::services::payments::bulk::{BulkOutcome, BulkWork, MAX_RECEIVES_ENV};
 use tokio::task::JoinSet;
 
 pub struct Worker {
@@ -81,20 +82,23 @@ impl Worker {
             .get("ApproximateReceiveCount")
             .and_then(|n| n.parse().ok())
             .unwrap_or(1);
-        let Ok(message) =
-            serde_json::from_str::<BulkMessage>(record.body.as_deref().unwrap_or_default())
+        let Ok(work) = serde_json::from_str::<BulkWork>(record.body.as_deref().unwrap_or_default())
         else {
             tracing::error!(message_id = ?record.message_id, "malformed bulk message dropped");
             return true;
         };
         match self
             .service
-            .process_item_or_give_up(&message, receive, self.max_receives)
+            .process_work(&work, receive, self.max_receives)
             .await
         {
             Ok(BulkOutcome::Done | BulkOutcome::Refused) => true,
             Ok(BulkOutcome::Requeue(delay)) => {
-                match self.service.requeue_item(&message, delay).await {
+                let BulkWork::Item(message) = &work else {
+                    self.delay(record, delay).await;
+                    return false;
+                };
+                match self.service.requeue_item(message, delay).await {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::warn!(payment_id = %message.payment_id,
@@ -110,8 +114,16 @@ impl Worker {
             }
             Ok(BulkOutcome::Poison) => false,
             Err(e) => {
-                tracing::warn!(payment_id = %message.payment_id,
-                    error = %shared::services::log_text(&e), "bulk item failed; retried by SQS");
+                let error = shared::services::log_text(&e);
+                match &work {
+                    BulkWork::Item(m) => tracing::warn!(payment_id = %m.payment_id, error = %error,
+                        "bulk item failed; retried by SQS"),
+                    BulkWork::Chunk(m) if receive >= self.max_receives => tracing::error!(
+                        batch_id = %m.batch_id, chunk = m.chunk, error = %error,
+                        "bulk chunk failed on its last receive; its message goes to the DLQ"),
+                    BulkWork::Chunk(m) => tracing::warn!(batch_id = %m.batch_id, chunk = m.chunk,
+                        error = %error, "bulk chunk failed; retried by SQS"),
+                }
                 false
             }
         }

@@ -3,12 +3,16 @@
 //!
 //! - **Acceptance** validates every item first (one 400 lists every bad item by index and
 //!   field; nothing is stored or queued if any is bad), then, under the request's
-//!   `Idempotency-Key`: records the batch, writes every item as a payment in state `queued`
-//!   (batched writes, several in flight, unprocessed items retried), marks the batch
-//!   `itemsWritten`, sends one message per item (batched sends, failed entries retried) and
-//!   marks it `enqueued`. A retry after a crash continues where it stopped; items get ids
-//!   and `X-Request-ID`s derived from the batch, so rewriting them (only ever before any
-//!   message was sent) produces the same items.
+//!   `Idempotency-Key`: records the batch, stores its items in chunks of
+//!   [`BATCH_CHUNK_ITEMS`] (one batched write), marks the batch `chunksWritten`, sends one
+//!   message per chunk and marks it `enqueued`. Its cost does not grow with the number of
+//!   items (a 1,000-item batch is 10 chunks: a handful of writes and one batched send). A
+//!   retry after a crash continues where it stopped.
+//! - **Fan-out**: the worker expands a chunk message into the chunk's payment records
+//!   (state `queued`; each written only if it does not exist yet, so a redelivered chunk
+//!   never resets an item that moved on) and one message per item, then marks the chunk
+//!   expanded. Items get ids and `X-Request-ID`s derived from the batch and their index,
+//!   so every expansion produces the same items.
 //! - **The worker** claims an item with a conditional write (a redelivered or concurrent
 //!   message finds it claimed and stops), starts the item's status-poll chain (the same
 //!   poller as single payments; it also repeats an initiation whose worker died), takes a
@@ -18,8 +22,8 @@
 //!   using up the message's receives; a permanent refusal marks the item rejected with the
 //!   bank's code. An item still failing on its last receive is marked failed with the
 //!   reason and its message goes to the DLQ.
-//! - **Totals** are derived from the items (index `ByGsi1`), so they cannot drift however
-//!   often a message is retried.
+//! - **Totals** are derived from the items (index `ByGsi1`); items of chunks not expanded
+//!   yet count as queued. They cannot drift however often a message is retried.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration as StdDuration;
@@ -32,7 +36,7 @@ use uuid::Uuid;
 use super::*;
 use crate::domain::BatchId;
 use crate::queue::OutgoingMessage;
-use crate::store::{BatchRecord, PollState};
+use crate::store::{BATCH_CHUNK_ITEMS, BatchChunk, BatchItemSpec, BatchRecord, PollState};
 
 /// Most items in one batch.
 pub const MAX_ITEMS: usize = 1000;
@@ -70,6 +74,23 @@ pub struct BulkMessage {
     pub payment_id: PaymentId,
 }
 
+/// The bulk queue's message that asks for a chunk to be expanded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkMessage {
+    pub user_id: UserId,
+    pub batch_id: BatchId,
+    pub chunk: u32,
+}
+
+/// Any message of the bulk queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BulkWork {
+    Item(BulkMessage),
+    Chunk(ChunkMessage),
+}
+
 /// What the worker does with one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BulkOutcome {
@@ -86,18 +107,6 @@ pub enum BulkOutcome {
     Poison,
 }
 
-/// One validated item.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ValidItem {
-    amount: String,
-    currency: String,
-    creditor: String,
-    creditor_name: String,
-    remittance: Option<String>,
-    end_to_end_id: Option<String>,
-}
-
 /// A validated batch, in canonical form (its JSON is the fingerprint).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -106,7 +115,7 @@ struct ValidBatch {
     product: PaymentProduct,
     debtor: String,
     redirect_url: Option<String>,
-    items: Vec<ValidItem>,
+    items: Vec<BatchItemSpec>,
 }
 
 /// `GET /v1/payment-batches/{id}`.
@@ -193,6 +202,20 @@ impl Payments {
         let now = self.clock.now();
         let corrupt = |e: crate::domain::DomainError| StoreError::Corrupt(e.to_string());
         let total = u32::try_from(request.items.len()).expect("at most 1000 items");
+        let chunks: Vec<BatchChunk> = request
+            .items
+            .chunks(BATCH_CHUNK_ITEMS)
+            .enumerate()
+            .map(|(n, items)| BatchChunk {
+                user_id: user.clone(),
+                batch_id: batch_id.clone(),
+                chunk: u32::try_from(n).expect("at most 10 chunks"),
+                first_index: u32::try_from(n * BATCH_CHUNK_ITEMS).expect("at most 1000 items"),
+                items: items.to_vec(),
+                expanded: false,
+                version: 0,
+            })
+            .collect();
         let mut batch = match self.payments.get_batch(user, &batch_id).await? {
             Some(batch) => batch,
             None => {
@@ -203,7 +226,10 @@ impl Payments {
                     product: request.product,
                     debtor: Iban::parse(&request.debtor).map_err(corrupt)?,
                     total,
-                    items_written: false,
+                    chunks: u32::try_from(chunks.len()).expect("at most 10 chunks"),
+                    redirect_url: request.redirect_url.clone(),
+                    psu_ip: Some(psu_ip),
+                    chunks_written: false,
                     enqueued: false,
                     created_at: now,
                     version: 0,
@@ -212,23 +238,29 @@ impl Payments {
                 batch
             }
         };
-        let items = request
-            .items
-            .iter()
-            .enumerate()
-            .map(|(index, item)| self.item_record(user, &batch, request, index, item, psu_ip))
-            .collect::<Result<Vec<_>, ServiceError>>()?;
-        if !batch.items_written {
-            self.payments.put_many(&items).await?;
-            batch.items_written = true;
+        if !batch.chunks_written {
+            self.payments.put_chunks(&chunks).await?;
+            batch.chunks_written = true;
             batch = self.payments.update_batch(&batch).await?;
-            info!(batch_id = %batch_id, items = total, "batch items recorded");
         }
         if !batch.enqueued {
-            self.enqueue_items(&items).await?;
+            let messages: Vec<OutgoingMessage> = chunks
+                .iter()
+                .map(|c| {
+                    outgoing(
+                        format!("c{}", c.chunk),
+                        &BulkWork::Chunk(ChunkMessage {
+                            user_id: user.clone(),
+                            batch_id: batch_id.clone(),
+                            chunk: c.chunk,
+                        }),
+                    )
+                })
+                .collect();
+            self.send_bulk(&messages).await?;
             batch.enqueued = true;
             batch = self.payments.update_batch(&batch).await?;
-            info!(batch_id = %batch_id, items = total, "batch items queued");
+            info!(batch_id = %batch_id, items = total, chunks = chunks.len(), "batch accepted");
         }
         let body = serde_json::json!({
             "batchId": batch.batch_id,
@@ -241,16 +273,57 @@ impl Payments {
         })
     }
 
+    /// Expands one chunk of an accepted batch: stores its items that are not stored yet
+    /// and sends one message per item, then marks the chunk expanded. A redelivered chunk
+    /// message finds it expanded (or, after a crash midway, repeats the sends: the items'
+    /// claims make duplicate item messages harmless).
+    ///
+    /// # Errors
+    /// A store or queue failure: SQS redelivers the chunk message.
+    pub async fn expand_chunk(&self, message: &ChunkMessage) -> Result<BulkOutcome, ServiceError> {
+        let user = &message.user_id;
+        let (batch, chunk) = tokio::try_join!(
+            self.payments.get_batch(user, &message.batch_id),
+            self.payments
+                .get_chunk(user, &message.batch_id, message.chunk)
+        )?;
+        let (Some(batch), Some(chunk)) = (batch, chunk) else {
+            warn!(batch_id = %message.batch_id, chunk = message.chunk,
+                "bulk chunk message for an unknown batch dropped");
+            return Ok(BulkOutcome::Done);
+        };
+        if chunk.expanded {
+            return Ok(BulkOutcome::Done);
+        }
+        let items = chunk
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let index = chunk.first_index + u32::try_from(i).expect("at most 100 items");
+                self.item_record(&batch, index, item)
+            })
+            .collect::<Result<Vec<_>, ServiceError>>()?;
+        self.payments.insert_many(&items).await?;
+        self.enqueue_items(&items).await?;
+        let mut done = chunk;
+        done.expanded = true;
+        match self.payments.update_chunk(&done).await {
+            Ok(_) | Err(StoreError::VersionConflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        info!(batch_id = %message.batch_id, chunk = message.chunk, items = items.len(),
+            "batch chunk expanded");
+        Ok(BulkOutcome::Done)
+    }
+
     /// The payment record of item `index`: id and `X-Request-ID` derived from the batch,
     /// so writing it again produces the same item.
     fn item_record(
         &self,
-        user: &UserId,
         batch: &BatchRecord,
-        request: &ValidBatch,
-        index: usize,
-        item: &ValidItem,
-        psu_ip: IpAddr,
+        index: u32,
+        item: &BatchItemSpec,
     ) -> Result<PaymentRecord, ServiceError> {
         let corrupt = |e: crate::domain::DomainError| StoreError::Corrupt(e.to_string());
         let seed = Sha256::digest(format!("{}#{index}", batch.batch_id).as_bytes());
@@ -270,7 +343,7 @@ impl Payments {
         ));
         let currency = Currency::parse(&item.currency).map_err(corrupt)?;
         Ok(PaymentRecord {
-            user_id: user.clone(),
+            user_id: batch.user_id.clone(),
             payment_id,
             bank_id: batch.bank_id.clone(),
             product: batch.product,
@@ -284,8 +357,8 @@ impl Payments {
             status: None,
             sca_url: None,
             history: vec![],
-            psu_ip: Some(psu_ip),
-            redirect_url: request.redirect_url.clone(),
+            psu_ip: batch.psu_ip,
+            redirect_url: batch.redirect_url.clone(),
             lease_until: None,
             failure: None,
             sca_returned: false,
@@ -295,7 +368,7 @@ impl Payments {
             },
             outcome_notified: false,
             batch_id: Some(batch.batch_id.clone()),
-            batch_index: Some(u32::try_from(index).expect("at most 1000 items")),
+            batch_index: Some(index),
             queued: true,
             end_to_end_id: item.end_to_end_id.clone(),
             created_at: batch.created_at,
@@ -304,26 +377,19 @@ impl Payments {
         })
     }
 
-    /// One message per item, in batched sends (ten chunks of up to 100 in flight).
-    async fn enqueue_items(&self, items: &[PaymentRecord]) -> Result<(), ServiceError> {
+    /// Sends bulk messages in batched sends (ten chunks of up to 100 in flight).
+    async fn send_bulk(&self, messages: &[OutgoingMessage]) -> Result<(), ServiceError> {
         let queue = self
             .bulk_queue
             .as_ref()
             .ok_or_else(|| StoreError::Backend(format!("{BULK_QUEUE_URL_ENV} is not set")))?;
-        let messages: Vec<OutgoingMessage> = items
-            .iter()
-            .map(|p| OutgoingMessage {
-                id: format!("i{}", p.batch_index.unwrap_or(0)),
-                body: serde_json::to_string(&BulkMessage {
-                    user_id: p.user_id.clone(),
-                    payment_id: p.payment_id.clone(),
-                })
-                .expect("bulk messages serialise"),
-                delay: StdDuration::ZERO,
-            })
-            .collect();
         use futures::StreamExt as _;
-        let sends = messages.chunks(100).map(|chunk| queue.send_batch(chunk));
+        // Collected first: the stream then holds no closure (its future stays `Send` for
+        // any lifetime, as the worker's spawned tasks need).
+        let sends: Vec<_> = messages
+            .chunks(100)
+            .map(|chunk| queue.send_batch(chunk))
+            .collect();
         let results: Vec<_> = futures::stream::iter(sends)
             .buffer_unordered(10)
             .collect()
@@ -332,6 +398,23 @@ impl Payments {
             result.map_err(|e| StoreError::Backend(format!("bulk queue: {e}")))?;
         }
         Ok(())
+    }
+
+    /// One message per item.
+    async fn enqueue_items(&self, items: &[PaymentRecord]) -> Result<(), ServiceError> {
+        let messages: Vec<OutgoingMessage> = items
+            .iter()
+            .map(|p| {
+                outgoing(
+                    format!("i{}", p.batch_index.unwrap_or(0)),
+                    &BulkWork::Item(BulkMessage {
+                        user_id: p.user_id.clone(),
+                        payment_id: p.payment_id.clone(),
+                    }),
+                )
+            })
+            .collect();
+        self.send_bulk(&messages).await
     }
 
     // ---- the worker -------------------------------------------------------------------
@@ -401,6 +484,26 @@ impl Payments {
                 Ok(BulkOutcome::Retry(crate::webhook::retry_backoff(receive)))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Any bulk queue message: a chunk is expanded ([`Self::expand_chunk`]), an item
+    /// initiated ([`Self::process_item_or_give_up`]).
+    ///
+    /// # Errors
+    /// As those two.
+    pub async fn process_work(
+        &self,
+        work: &BulkWork,
+        receive: u32,
+        max_receives: u32,
+    ) -> Result<BulkOutcome, ServiceError> {
+        match work {
+            BulkWork::Item(message) => {
+                self.process_item_or_give_up(message, receive, max_receives)
+                    .await
+            }
+            BulkWork::Chunk(message) => self.expand_chunk(message).await,
         }
     }
 
@@ -580,7 +683,11 @@ impl Payments {
             *counts.entry(state.as_str()).or_default() += 1;
             all_final &= state.is_final();
         }
-        let done = batch.enqueued && items.len() == batch.total as usize && all_final;
+        // Items of chunks not expanded yet are queued too.
+        let stored = u32::try_from(items.len()).unwrap_or(u32::MAX);
+        *counts.entry(PaymentState::Queued.as_str()).or_default() +=
+            batch.total.saturating_sub(stored);
+        let done = batch.enqueued && stored == batch.total && all_final;
         let page: Vec<BatchItemView> = items
             .iter()
             .filter(|p| p.batch_index.unwrap_or(0) >= from)
@@ -852,7 +959,7 @@ impl Payments {
                 }
             };
             if let (Some(creditor), Some(amount), Some(creditor_name)) = (creditor, amount, name) {
-                items.push(ValidItem {
+                items.push(BatchItemSpec {
                     amount: amount.to_minor_string(),
                     currency: amount.currency().code().to_owned(),
                     creditor,
@@ -876,6 +983,15 @@ impl Payments {
 }
 
 /// `{field: {iban}}` of `body`, validated; else (field path, message).
+/// A bulk queue message, sent at once.
+fn outgoing(id: String, work: &BulkWork) -> OutgoingMessage {
+    OutgoingMessage {
+        id,
+        body: serde_json::to_string(work).expect("bulk messages serialise"),
+        delay: StdDuration::ZERO,
+    }
+}
+
 fn iban_of(body: &Map<String, Value>, field: &str) -> Result<String, (String, String)> {
     match present(body, field) {
         None => Err((field.to_owned(), "is required".into())),

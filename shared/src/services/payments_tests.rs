@@ -25,6 +25,7 @@ use crate::services::testing::{FixedClock, MemNotifications, SECRET, start, unus
 struct MemPayments {
     items: Mutex<HashMap<(UserId, PaymentId), PaymentRecord>>,
     batches: Mutex<HashMap<(UserId, crate::domain::BatchId), crate::store::BatchRecord>>,
+    chunks: Mutex<HashMap<(UserId, crate::domain::BatchId, u32), crate::store::BatchChunk>>,
     slots: Mutex<HashMap<(BankId, i64), u32>>,
     /// Updates to fail (a crash at that write), counted down.
     failing_updates: Mutex<u32>,
@@ -153,6 +154,46 @@ impl PaymentStore for MemPayments {
         let mut next = batch.clone();
         next.version += 1;
         batches.insert(key, next.clone());
+        Ok(next)
+    }
+
+    async fn put_chunks(&self, chunks: &[crate::store::BatchChunk]) -> Result<(), StoreError> {
+        let mut stored = self.chunks.lock().unwrap();
+        for c in chunks {
+            stored.insert((c.user_id.clone(), c.batch_id.clone(), c.chunk), c.clone());
+        }
+        Ok(())
+    }
+
+    async fn get_chunk(
+        &self,
+        user: &UserId,
+        batch: &crate::domain::BatchId,
+        chunk: u32,
+    ) -> Result<Option<crate::store::BatchChunk>, StoreError> {
+        Ok(self
+            .chunks
+            .lock()
+            .unwrap()
+            .get(&(user.clone(), batch.clone(), chunk))
+            .cloned())
+    }
+
+    async fn update_chunk(
+        &self,
+        chunk: &crate::store::BatchChunk,
+    ) -> Result<crate::store::BatchChunk, StoreError> {
+        let mut chunks = self.chunks.lock().unwrap();
+        let key = (chunk.user_id.clone(), chunk.batch_id.clone(), chunk.chunk);
+        let stored = chunks.get(&key).ok_or(StoreError::NotFound)?;
+        if stored.version != chunk.version {
+            return Err(StoreError::VersionConflict {
+                expected: chunk.version,
+            });
+        }
+        let mut next = chunk.clone();
+        next.version += 1;
+        chunks.insert(key, next.clone());
         Ok(next)
     }
 
@@ -1088,7 +1129,8 @@ impl H {
             .await
     }
 
-    fn bulk_messages(&self) -> Vec<bulk::BulkMessage> {
+    /// Everything on the bulk queue.
+    fn bulk_work(&self) -> Vec<bulk::BulkWork> {
         self.bulk
             .0
             .lock()
@@ -1096,6 +1138,28 @@ impl H {
             .drain(..)
             .map(|(body, _)| serde_json::from_str(&body).unwrap())
             .collect()
+    }
+
+    /// The item messages, once every chunk message on the queue is expanded.
+    async fn bulk_messages(&self) -> Vec<bulk::BulkMessage> {
+        let mut items = Vec::new();
+        loop {
+            let work = self.bulk_work();
+            if work.is_empty() {
+                return items;
+            }
+            for w in work {
+                match w {
+                    bulk::BulkWork::Item(m) => items.push(m),
+                    bulk::BulkWork::Chunk(c) => {
+                        assert_eq!(
+                            self.svc.expand_chunk(&c).await.unwrap(),
+                            bulk::BulkOutcome::Done
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1137,7 +1201,7 @@ async fn a_bad_batch_lists_every_bad_item_and_queues_nothing() {
         vec!["payments[2].instructedAmount.currency"]
     );
     // Only the two good batches were stored and queued.
-    assert_eq!(h.bulk_messages().len(), 1003);
+    assert_eq!(h.bulk_messages().await.len(), 1003);
     assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 0);
 }
 
@@ -1153,7 +1217,7 @@ async fn items_are_claimed_once_whatever_the_duplicates() {
     );
     let v: Value = serde_json::from_str(&accepted.body).unwrap();
     let batch_id = v["batchId"].as_str().unwrap().to_owned();
-    let messages = h.bulk_messages();
+    let messages = h.bulk_messages().await;
     assert_eq!(messages.len(), 20);
     // Every message delivered three times.
     for m in messages.iter().chain(&messages).chain(&messages) {
@@ -1194,7 +1258,7 @@ async fn items_are_claimed_once_whatever_the_duplicates() {
 async fn transient_429_and_permanent_failures_per_item() {
     let h = harness();
     h.submit("faults", &batch(3)).await.unwrap();
-    let messages = h.bulk_messages();
+    let messages = h.bulk_messages().await;
     *h.bank.initiation_error.lock().unwrap() = Some(BankError::Unavailable {
         status: Some(500),
         retry_after: None,
@@ -1248,7 +1312,7 @@ async fn transient_429_and_permanent_failures_per_item() {
 async fn a_poll_step_that_read_a_stale_failure_does_not_end_the_chain() {
     let h = harness();
     h.submit("race", &batch(1)).await.unwrap();
-    let message = h.bulk_messages().pop().unwrap();
+    let message = h.bulk_messages().await.pop().unwrap();
     // The first attempt fails transiently: the item records a retryable failure, and its
     // poll chain (generation 1) is already queued.
     *h.bank.initiation_error.lock().unwrap() = Some(BankError::Unavailable {
@@ -1280,4 +1344,98 @@ async fn a_poll_step_that_read_a_stale_failure_does_not_end_the_chain() {
     // The same message, looked at again, continues the chain.
     assert_eq!(h.svc.poll(&poll).await.unwrap(), PollOutcome::Continued);
     assert_eq!(h.queue.take().len(), 1, "one next poll");
+}
+
+#[tokio::test]
+async fn acceptance_fans_out_in_chunks_and_a_redelivered_chunk_resets_nothing() {
+    let h = harness();
+    let accepted = h.submit("fan-out", &batch(250)).await.unwrap();
+    let v: Value = serde_json::from_str(&accepted.body).unwrap();
+    let batch_id = v["batchId"].as_str().unwrap().to_owned();
+    // Acceptance stored no item and sent one message per chunk of 100.
+    let chunks: Vec<bulk::ChunkMessage> = h
+        .bulk_work()
+        .into_iter()
+        .map(|w| match w {
+            bulk::BulkWork::Chunk(c) => c,
+            bulk::BulkWork::Item(_) => panic!("acceptance sends chunks only"),
+        })
+        .collect();
+    assert_eq!(
+        chunks.iter().map(|c| c.chunk).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert!(h.payments.all().is_empty());
+    let view = h
+        .svc
+        .get_batch(&alice(), &batch_id, &HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!(view.counts["queued"], 250, "unexpanded items are queued");
+    assert_eq!(view.counts.values().sum::<u32>(), 250);
+    assert!(!view.done);
+
+    // Chunk 0 expands into its 100 items; the first is initiated.
+    h.svc.expand_chunk(&chunks[0]).await.unwrap();
+    let first: Vec<bulk::BulkMessage> = h
+        .bulk_work()
+        .into_iter()
+        .map(|w| match w {
+            bulk::BulkWork::Item(m) => m,
+            bulk::BulkWork::Chunk(_) => panic!("expansion sends items only"),
+        })
+        .collect();
+    assert_eq!(first.len(), 100);
+    assert_eq!(
+        h.svc.process_item(&first[0], 1, 5).await.unwrap(),
+        bulk::BulkOutcome::Done
+    );
+    // A crash before the chunk was marked expanded: its message comes again.
+    {
+        let mut stored = h.payments.chunks.lock().unwrap();
+        for c in stored.values_mut() {
+            c.expanded = false;
+        }
+    }
+    h.svc.expand_chunk(&chunks[0]).await.unwrap();
+    let again = h.payments.one(&first[0].payment_id);
+    assert!(
+        again.bank_payment_id.is_some(),
+        "the initiated item was not rewritten"
+    );
+    // The same chunk once more, now marked: nothing is sent.
+    let resent = h.bulk_messages().await;
+    assert_eq!(resent.len(), 100);
+    h.svc.expand_chunk(&chunks[0]).await.unwrap();
+    assert!(h.bulk_work().is_empty());
+
+    for c in &chunks[1..] {
+        h.svc.expand_chunk(c).await.unwrap();
+    }
+    let rest = h.bulk_messages().await;
+    assert_eq!(rest.len(), 150);
+    for m in first.iter().chain(&resent).chain(&rest) {
+        assert_eq!(
+            h.svc.process_item(m, 1, 5).await.unwrap(),
+            bulk::BulkOutcome::Done
+        );
+    }
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 250);
+    assert_eq!(h.bank.payments_created(), 250);
+    let view = h
+        .svc
+        .get_batch(&alice(), &batch_id, &HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!(view.counts["awaiting_authorisation"], 250);
+    assert_eq!(view.counts.values().sum::<u32>(), 250);
+    let indexes: Vec<u32> = h
+        .payments
+        .all()
+        .iter()
+        .filter_map(|p| p.batch_index)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(indexes, (0..250).collect::<Vec<u32>>());
 }

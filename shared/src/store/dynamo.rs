@@ -17,10 +17,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    BatchRecord, ConsentOutbox, ConsentRecord, ConsentStore, IdempotencyRecord, IdempotencyStore,
-    NonceStore, Notification, NotificationStore, PaymentPage, PaymentRecord, PaymentState,
-    PaymentStore, StoreError, StoredEvent, WebhookMark, WebhookMarks, event_shard, health_hour,
-    index_shard,
+    BatchChunk, BatchRecord, ConsentOutbox, ConsentRecord, ConsentStore, IdempotencyRecord,
+    IdempotencyStore, NonceStore, Notification, NotificationStore, PaymentPage, PaymentRecord,
+    PaymentState, PaymentStore, StoreError, StoredEvent, WebhookMark, WebhookMarks, event_shard,
+    health_hour, index_shard,
 };
 use crate::domain::{BankId, BatchId, ConsentId, ConsentState, PaymentId, UserId};
 
@@ -171,6 +171,59 @@ pub(super) async fn bounded_increment(
         }
         Err(err) => Err(backend(err)),
     }
+}
+
+/// Puts `items` unconditionally with `BatchWriteItem` (25 per call, up to eight calls in
+/// flight); unprocessed items are retried with a growing pause until none is left.
+async fn batch_put(client: &Client, table: &str, items: Vec<Item>) -> Result<(), StoreError> {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    let mut batches = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let requests = items
+            .by_ref()
+            .take(25)
+            .map(|item| {
+                Ok(WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(item))
+                            .build()
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    )
+                    .build())
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        batches.push(requests);
+    }
+    let writes = batches.into_iter().map(|mut requests| async move {
+        for attempt in 0..10u32 {
+            let out = client
+                .batch_write_item()
+                .request_items(table, requests)
+                .send()
+                .await
+                .map_err(backend)?;
+            requests = out
+                .unprocessed_items
+                .and_then(|mut m| m.remove(table))
+                .unwrap_or_default();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25 << attempt.min(6))).await;
+        }
+        Err(StoreError::Backend(format!(
+            "{} batch writes left unprocessed",
+            requests.len()
+        )))
+    });
+    use futures::StreamExt as _;
+    let results: Vec<Result<(), StoreError>> = futures::stream::iter(writes)
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 pub(super) async fn get_item<T: DeserializeOwned>(
@@ -410,6 +463,17 @@ impl DynamoPaymentStore {
         Ok(item)
     }
 
+    fn chunk_sk(batch: &BatchId, chunk: u32) -> String {
+        format!("BATCH#{}#CHUNK#{chunk:04}", batch.as_str())
+    }
+
+    fn chunk_item(chunk: &BatchChunk) -> Result<Item, StoreError> {
+        let mut item = to_item(chunk)?;
+        item.insert("pk".into(), s(user_pk(&chunk.user_id)));
+        item.insert("sk".into(), s(Self::chunk_sk(&chunk.batch_id, chunk.chunk)));
+        Ok(item)
+    }
+
     fn batch_item(batch: &BatchRecord) -> Result<Item, StoreError> {
         let mut item = to_item(batch)?;
         item.insert("pk".into(), s(user_pk(&batch.user_id)));
@@ -511,56 +575,28 @@ impl PaymentStore for DynamoPaymentStore {
         Ok(next)
     }
 
-    async fn put_many(&self, payments: &[PaymentRecord]) -> Result<(), StoreError> {
-        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
-        let mut batches = Vec::new();
-        for chunk in payments.chunks(25) {
-            let requests = chunk
-                .iter()
-                .map(|p| {
-                    Ok(WriteRequest::builder()
-                        .put_request(
-                            PutRequest::builder()
-                                .set_item(Some(Self::item(p)?))
-                                .build()
-                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                        )
-                        .build())
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            batches.push(requests);
+    async fn insert_many(&self, payments: &[PaymentRecord]) -> Result<(), StoreError> {
+        if payments.iter().any(|p| p.version != 0) {
+            return Err(StoreError::Corrupt(
+                "a new payment starts at version 0".into(),
+            ));
         }
-        // Up to eight BatchWriteItem calls in flight; unprocessed items are retried with a
-        // growing pause until none is left.
-        let writes = batches.into_iter().map(|mut requests| async move {
-            for attempt in 0..10u32 {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, requests)
-                    .send()
-                    .await
-                    .map_err(backend)?;
-                requests = out
-                    .unprocessed_items
-                    .and_then(|mut m| m.remove(&self.table))
-                    .unwrap_or_default();
-                if requests.is_empty() {
-                    return Ok(());
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(25 << attempt.min(6))).await;
-            }
-            Err(StoreError::Backend(format!(
-                "{} batch writes left unprocessed",
-                requests.len()
-            )))
-        });
+        let items = payments
+            .iter()
+            .map(Self::item)
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // One conditional put per item (a batch write cannot be conditional), 16 in flight.
+        let (client, table) = (&self.client, self.table.as_str());
         use futures::StreamExt as _;
-        let results: Vec<Result<(), StoreError>> = futures::stream::iter(writes)
-            .buffer_unordered(8)
+        let results: Vec<Result<(), StoreError>> = futures::stream::iter(items)
+            .map(|item| put_new(client, table, item))
+            .buffer_unordered(16)
             .collect()
             .await;
-        results.into_iter().collect()
+        results
+            .into_iter()
+            .filter(|r| !matches!(r, Err(StoreError::AlreadyExists)))
+            .collect()
     }
 
     async fn batch_items(
@@ -618,6 +654,42 @@ impl PaymentStore for DynamoPaymentStore {
             &self.table,
             Self::batch_item(&next)?,
             batch.version,
+        )
+        .await?;
+        Ok(next)
+    }
+
+    async fn put_chunks(&self, chunks: &[BatchChunk]) -> Result<(), StoreError> {
+        let items = chunks
+            .iter()
+            .map(Self::chunk_item)
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        batch_put(&self.client, &self.table, items).await
+    }
+
+    async fn get_chunk(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+        chunk: u32,
+    ) -> Result<Option<BatchChunk>, StoreError> {
+        get_item(
+            &self.client,
+            &self.table,
+            user_pk(user),
+            Self::chunk_sk(batch, chunk),
+        )
+        .await
+    }
+
+    async fn update_chunk(&self, chunk: &BatchChunk) -> Result<BatchChunk, StoreError> {
+        let mut next = chunk.clone();
+        next.version = chunk.version + 1;
+        put_versioned(
+            &self.client,
+            &self.table,
+            Self::chunk_item(&next)?,
+            chunk.version,
         )
         .await?;
         Ok(next)

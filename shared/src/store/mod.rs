@@ -339,13 +339,55 @@ pub struct BatchRecord {
     pub product: PaymentProduct,
     pub debtor: Iban,
     pub total: u32,
-    /// Every item is stored (messages may be sent from now on).
-    pub items_written: bool,
-    /// Every item's message was accepted by the bulk queue.
+    /// Number of [`BatchChunk`]s the items are stored in.
+    #[serde(default)]
+    pub chunks: u32,
+    /// Where the user comes back to after an item's SCA.
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    /// The user's IP address at acceptance (sent to the bank with every item).
+    #[serde(default)]
+    pub psu_ip: Option<IpAddr>,
+    /// Every chunk is stored (chunk messages may be sent from now on).
+    pub chunks_written: bool,
+    /// Every chunk's message was accepted by the bulk queue.
     pub enqueued: bool,
     pub created_at: DateTime<Utc>,
     pub version: u64,
 }
+
+/// One item of a batch as it was asked for (validated, canonical form).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItemSpec {
+    pub amount: String,
+    pub currency: String,
+    pub creditor: String,
+    pub creditor_name: String,
+    pub remittance: Option<String>,
+    pub end_to_end_id: Option<String>,
+}
+
+/// Up to [`BATCH_CHUNK_ITEMS`] consecutive items of a batch, stored at acceptance. The
+/// bulk worker expands a chunk into one payment record and one queue message per item,
+/// so accepting a batch costs a few writes and sends whatever its size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchChunk {
+    pub user_id: UserId,
+    pub batch_id: BatchId,
+    /// 0-based chunk number.
+    pub chunk: u32,
+    /// Batch index of `items[0]`.
+    pub first_index: u32,
+    pub items: Vec<BatchItemSpec>,
+    /// Every item is stored and its message sent.
+    pub expanded: bool,
+    pub version: u64,
+}
+
+/// Most items in one [`BatchChunk`] (a chunk stays far below DynamoDB's item size limit).
+pub const BATCH_CHUNK_ITEMS: usize = 100;
 
 /// A page of a user's payments, newest first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -469,9 +511,9 @@ pub trait PaymentStore: Send + Sync {
     ) -> Result<PaymentPage, StoreError>;
     /// Conditional replace, as [`ConsentStore::update`].
     async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError>;
-    /// Stores many new payments (batch items) at once, unconditionally (the caller knows
-    /// no message for them was sent yet).
-    async fn put_many(&self, payments: &[PaymentRecord]) -> Result<(), StoreError> {
+    /// Stores those of `payments` (new batch items, version 0) whose id is not taken yet;
+    /// an existing payment is left as it is, whatever became of it.
+    async fn insert_many(&self, payments: &[PaymentRecord]) -> Result<(), StoreError> {
         for p in payments {
             match self.insert(p).await {
                 Ok(()) | Err(StoreError::AlreadyExists) => {}
@@ -493,6 +535,16 @@ pub trait PaymentStore: Send + Sync {
         batch: &BatchId,
     ) -> Result<Option<BatchRecord>, StoreError>;
     async fn update_batch(&self, batch: &BatchRecord) -> Result<BatchRecord, StoreError>;
+    /// Stores a batch's chunks (unconditionally: only before any chunk message was sent).
+    async fn put_chunks(&self, chunks: &[BatchChunk]) -> Result<(), StoreError>;
+    async fn get_chunk(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+        chunk: u32,
+    ) -> Result<Option<BatchChunk>, StoreError>;
+    /// Conditional replace on `version`, as [`ConsentStore::update`].
+    async fn update_chunk(&self, chunk: &BatchChunk) -> Result<BatchChunk, StoreError>;
     /// Takes one initiation from `bank`'s budget for the current second (atomic counter
     /// shared by every worker): `false` when `limit` were taken already.
     async fn take_rate_slot(
