@@ -372,3 +372,43 @@ async fn payment_store_round_trip_and_conflicts() {
 
     local.teardown().await;
 }
+
+#[tokio::test]
+async fn rate_slots_in_bulk_never_exceed_the_limit() {
+    let local = LocalStack::provision().await;
+    let store = DynamoPaymentStore::new(local.dynamodb(), local.resources.table("PaymentsTable"));
+    let bank = BankId::parse("lt-alpha").unwrap();
+    let second = Utc::now().timestamp();
+    assert_eq!(
+        store.take_rate_slots(&bank, second, 30, 50).await.unwrap(),
+        30
+    );
+    assert_eq!(
+        store.take_rate_slots(&bank, second, 30, 50).await.unwrap(),
+        20,
+        "what is left"
+    );
+    assert_eq!(
+        store.take_rate_slots(&bank, second, 5, 50).await.unwrap(),
+        0
+    );
+    assert!(!store.take_rate_slot(&bank, second, 50).await.unwrap());
+    // Concurrent takers asking for more than the limit in all never get more than it (a
+    // taker that keeps losing races may come away short: never over).
+    let takers = (0..8).map(|_| store.take_rate_slots(&bank, second + 1, 7, 50));
+    let got: u32 = futures::future::join_all(takers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
+    assert!((43..=50).contains(&got), "{got}");
+    assert_eq!(
+        store
+            .take_rate_slots(&bank, second + 1, 50, 50)
+            .await
+            .unwrap(),
+        50 - got,
+        "the rest, and not one more"
+    );
+    local.teardown().await;
+}

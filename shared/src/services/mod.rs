@@ -14,6 +14,7 @@ pub mod aggregation;
 pub mod connections;
 pub mod health;
 pub mod payments;
+pub mod rate_pool;
 pub mod renewal;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -181,6 +181,8 @@ pub struct Payments {
     signer: StateSigner,
     config: PaymentsConfig,
     clock: Arc<dyn Clock>,
+    /// This process's share of each bank's initiation budget (bulk worker).
+    rate_pool: super::rate_pool::RatePool,
 }
 
 /// The poll message: which payment, and which generation of its chain.
@@ -300,6 +302,7 @@ impl Payments {
             signer: deps.signer,
             config: deps.config,
             clock: deps.clock,
+            rate_pool: super::rate_pool::RatePool::default(),
         }
     }
 
@@ -524,6 +527,19 @@ impl Payments {
             next.lease_until = None;
             next.failure = None;
             next.updated_at = now;
+            if !next.poll.sent && !next.poll.gave_up && !next.is_final() {
+                // No chain yet (a bulk item: its queue message, not a chain, stands in for
+                // a worker that dies at the bank). Its first message goes out before this
+                // write, which records it as sent: if the write is lost, the message is a
+                // same-generation duplicate that the poller drops.
+                if next.poll.stopped || next.poll.started_at.is_none() {
+                    next.poll.started_at = Some(now);
+                    next.poll.errors = 0;
+                }
+                self.send_poll(&next, self.first_poll_delay(&next)).await?;
+                next.poll.sent = true;
+                next.poll.stopped = false;
+            }
             match self.payments.update(&next).await {
                 Ok(saved) => {
                     info!(payment_id = %saved.payment_id, bank_id = %saved.bank_id,
@@ -1375,16 +1391,7 @@ impl Payments {
         record: PaymentRecord,
         delay: StdDuration,
     ) -> Result<PaymentRecord, ServiceError> {
-        let message = PollMessage {
-            user_id: record.user_id.clone(),
-            payment_id: record.payment_id.clone(),
-            generation: record.poll.generation,
-        };
-        let body = serde_json::to_string(&message).expect("poll messages serialise");
-        self.status_queue
-            .send(&body, delay)
-            .await
-            .map_err(|e| StoreError::Backend(format!("payment status queue: {e}")))?;
+        self.send_poll(&record, delay).await?;
         let mut sent = record.clone();
         sent.poll.sent = true;
         sent.poll.stopped = false;
@@ -1395,6 +1402,37 @@ impl Payments {
                 Ok(record)
             }
         }
+    }
+
+    /// When a new chain first looks: the schedule's first delay, and for a batch item
+    /// waiting for its SCA at least the batch SCA wait (a payroll's items are not polled
+    /// every few seconds while the user authorises them).
+    fn first_poll_delay(&self, record: &PaymentRecord) -> StdDuration {
+        let first = self.config.schedule.first_delay();
+        if record.batch_id.is_some() && record.state() == PaymentState::AwaitingAuthorisation {
+            first.max(self.config.batch_sca_wait)
+        } else {
+            first
+        }
+    }
+
+    /// Sends the poll message of `record`'s current generation after `delay`.
+    async fn send_poll(
+        &self,
+        record: &PaymentRecord,
+        delay: StdDuration,
+    ) -> Result<(), ServiceError> {
+        let message = PollMessage {
+            user_id: record.user_id.clone(),
+            payment_id: record.payment_id.clone(),
+            generation: record.poll.generation,
+        };
+        let body = serde_json::to_string(&message).expect("poll messages serialise");
+        self.status_queue
+            .send(&body, delay)
+            .await
+            .map_err(|e| StoreError::Backend(format!("payment status queue: {e}")))?;
+        Ok(())
     }
 
     /// Sends the live message if the record says it has not been sent (a new payment, or
@@ -1409,7 +1447,7 @@ impl Payments {
             record.poll.started_at = Some(self.clock.now());
             record.poll.errors = 0;
         }
-        let delay = self.config.schedule.first_delay();
+        let delay = self.first_poll_delay(&record);
         self.send_live(record, delay).await
     }
 

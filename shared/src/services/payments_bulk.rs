@@ -13,15 +13,19 @@
 //!   never resets an item that moved on) and one message per item, then marks the chunk
 //!   expanded. Items get ids and `X-Request-ID`s derived from the batch and their index,
 //!   so every expansion produces the same items.
-//! - **The worker** claims an item with a conditional write (a redelivered or concurrent
-//!   message finds it claimed and stops), starts the item's status-poll chain (the same
-//!   poller as single payments; it also repeats an initiation whose worker died), takes a
-//!   slot of the bank's per-second budget (an atomic counter shared by all workers), and
-//!   initiates the payment with the item's stable `X-Request-ID`. 5xx and timeouts are
-//!   retried by SQS with backoff; a 429 re-queues the item after `Retry-After` without
-//!   using up the message's receives; a permanent refusal marks the item rejected with the
-//!   bank's code. An item still failing on its last receive is marked failed with the
-//!   reason and its message goes to the DLQ.
+//! - **The worker** takes a slot of the bank's per-second budget (an atomic counter shared
+//!   by all workers, handed out within a process by [`super::super::rate_pool`]), then
+//!   claims the item with a conditional write (a redelivered or concurrent message finds
+//!   it claimed and stops) and initiates the payment with the item's stable
+//!   `X-Request-ID`. The item's status-poll chain (the same poller as single payments)
+//!   starts with the write that records the bank's answer; until then the item's own
+//!   queue message is what brings back an item whose worker died at the bank (SQS
+//!   redelivers it, the lease has run out, the bank de-duplicates the repeated call).
+//!   5xx and timeouts are retried by SQS with backoff; a 429 (or no slot within 20 s)
+//!   re-queues the item after `Retry-After` without using up the message's receives; a
+//!   permanent refusal marks the item rejected with the bank's code. An item still
+//!   failing on its last receive is marked failed with the reason and its message goes to
+//!   the DLQ.
 //! - **Totals** are derived from the items (index `ByGsi1`); items of chunks not expanded
 //!   yet count as queued. They cannot drift however often a message is retried.
 
@@ -89,6 +93,18 @@ pub struct ChunkMessage {
 pub enum BulkWork {
     Item(BulkMessage),
     Chunk(ChunkMessage),
+}
+
+/// What [`Payments::claim_item`] found.
+enum ItemClaim {
+    /// Leased to this worker, with a rate slot: initiate it.
+    Claimed(Box<PaymentRecord>),
+    /// Nothing to do (unknown, initiated, or another worker holds it).
+    Nothing,
+    /// The bank refused it for good.
+    Refused,
+    /// No rate slot came in time: try again later.
+    NoSlot,
 }
 
 /// What the worker does with one message.
@@ -430,44 +446,12 @@ impl Payments {
         receive: u32,
         max_receives: u32,
     ) -> Result<BulkOutcome, ServiceError> {
-        let Some(record) = self
-            .payments
-            .get(&message.user_id, &message.payment_id)
-            .await?
-        else {
-            warn!(payment_id = %message.payment_id, "bulk message for an unknown item dropped");
-            return Ok(BulkOutcome::Done);
+        let claimed = match self.claim_item(message).await? {
+            ItemClaim::Claimed(record) => *record,
+            ItemClaim::Nothing => return Ok(BulkOutcome::Done),
+            ItemClaim::Refused => return Ok(BulkOutcome::Refused),
+            ItemClaim::NoSlot => return Ok(BulkOutcome::Requeue(StdDuration::from_secs(1))),
         };
-        if record.bank_payment_id.is_some() {
-            // Initiated already (a duplicate message): make sure its polling runs.
-            self.ensure_sent(record).await?;
-            return Ok(BulkOutcome::Done);
-        }
-        if record.failure.as_ref().is_some_and(|f| !f.retryable) {
-            return Ok(BulkOutcome::Refused);
-        }
-        let now = self.clock.now();
-        if !record.queued && record.failure.is_none() && lease_live(&record, now) {
-            // Another worker is at the bank with it right now.
-            return Ok(BulkOutcome::Done);
-        }
-        // Claim: one worker wins the conditional write.
-        let mut claimed = record.clone();
-        claimed.queued = false;
-        claimed.failure = None;
-        claimed.lease_until = Some(now + self.config.initiation_lease);
-        if claimed.poll.started_at.is_none() {
-            claimed.poll.started_at = Some(now);
-        }
-        claimed.updated_at = now;
-        let claimed = match self.payments.update(&claimed).await {
-            Ok(saved) => saved,
-            Err(StoreError::VersionConflict { .. }) => return Ok(BulkOutcome::Done),
-            Err(e) => return Err(e.into()),
-        };
-        // The poll chain first: it finishes the initiation if this worker dies at the bank.
-        let claimed = self.ensure_sent(claimed).await?;
-        self.wait_for_rate_slot(&claimed.bank_id).await?;
         match self.initiate_at_bank(claimed).await {
             Ok(saved) if saved.bank_payment_id.is_some() => Ok(BulkOutcome::Done),
             Ok(_) => Ok(BulkOutcome::Refused),
@@ -485,6 +469,55 @@ impl Payments {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Claims the item of `message` for this worker (a lease) with a slot of its bank's
+    /// initiation budget, or says why not. The slot is taken before the claim is written,
+    /// so no lease is held while waiting for one. A lost race looks again rather than
+    /// assuming the winner took the item.
+    async fn claim_item(&self, message: &BulkMessage) -> Result<ItemClaim, ServiceError> {
+        let mut slot = false;
+        for _ in 0..4 {
+            let Some(record) = self
+                .payments
+                .get(&message.user_id, &message.payment_id)
+                .await?
+            else {
+                warn!(payment_id = %message.payment_id, "bulk message for an unknown item dropped");
+                return Ok(ItemClaim::Nothing);
+            };
+            if record.bank_payment_id.is_some() {
+                // Initiated already (a duplicate message): make sure its polling runs.
+                self.ensure_sent(record).await?;
+                return Ok(ItemClaim::Nothing);
+            }
+            if record.failure.as_ref().is_some_and(|f| !f.retryable) {
+                return Ok(ItemClaim::Refused);
+            }
+            if !record.queued && record.failure.is_none() && lease_live(&record, self.clock.now()) {
+                // Another worker is at the bank with it right now.
+                return Ok(ItemClaim::Nothing);
+            }
+            if !slot {
+                if !self.wait_for_rate_slot(&record.bank_id).await? {
+                    return Ok(ItemClaim::NoSlot);
+                }
+                slot = true;
+            }
+            let now = self.clock.now();
+            let mut claimed = record.clone();
+            claimed.queued = false;
+            claimed.failure = None;
+            claimed.lease_until = Some(now + self.config.initiation_lease);
+            claimed.updated_at = now;
+            match self.payments.update(&claimed).await {
+                Ok(saved) => return Ok(ItemClaim::Claimed(Box::new(saved))),
+                Err(StoreError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Four lost races in a row: someone else is busy with it.
+        Ok(ItemClaim::Nothing)
     }
 
     /// Any bulk queue message: a chunk is expanded ([`Self::expand_chunk`]), an item
@@ -529,36 +562,21 @@ impl Payments {
         }
     }
 
-    /// Waits (at most ~10 s) for a slot of the bank's per-second initiation budget.
-    async fn wait_for_rate_slot(&self, bank: &BankId) -> Result<(), ServiceError> {
+    /// Waits (at most [`super::super::rate_pool::MAX_WAIT_SECONDS`]) for a slot of the
+    /// bank's per-second initiation budget: `false` when none came.
+    async fn wait_for_rate_slot(&self, bank: &BankId) -> Result<bool, ServiceError> {
         let Some(limit) = self
             .registry
             .get(bank)
             .map(|b| b.max_payments_per_second)
             .filter(|l| *l > 0)
         else {
-            return Ok(());
+            return Ok(true);
         };
-        for _ in 0..40 {
-            let now = Utc::now();
-            if self
-                .payments
-                .take_rate_slot(bank, now.timestamp(), limit)
-                .await?
-            {
-                return Ok(());
-            }
-            // Sleep to the next second, with a little jitter so waiters spread out.
-            let rest = 1_000 - i64::from(now.timestamp_subsec_millis().min(999));
-            let jitter = rand::random::<u64>() % 50;
-            tokio::time::sleep(StdDuration::from_millis(
-                u64::try_from(rest).unwrap_or(0) + jitter,
-            ))
-            .await;
-        }
-        Err(ServiceError::Bank(BankError::AccessExceeded {
-            retry_after: Some(StdDuration::from_secs(1)),
-        }))
+        Ok(self
+            .rate_pool
+            .acquire(self.payments.as_ref(), bank, limit)
+            .await?)
     }
 
     /// The last receive failed: the item is failed for good, with the bank's reason.

@@ -1311,29 +1311,32 @@ async fn transient_429_and_permanent_failures_per_item() {
 #[tokio::test]
 async fn a_poll_step_that_read_a_stale_failure_does_not_end_the_chain() {
     let h = harness();
-    h.submit("race", &batch(1)).await.unwrap();
-    let message = h.bulk_messages().await.pop().unwrap();
-    // The first attempt fails transiently: the item records a retryable failure, and its
-    // poll chain (generation 1) is already queued.
+    // The first attempt fails transiently: the payment records a retryable failure, and
+    // its poll chain (generation 1) is already queued.
     *h.bank.initiation_error.lock().unwrap() = Some(BankError::Unavailable {
         status: Some(500),
         retry_after: None,
     });
-    assert!(matches!(
-        h.svc.process_item(&message, 1, 5).await.unwrap(),
-        bulk::BulkOutcome::Retry(_)
-    ));
-    let (poll, _) = h.queue.take().pop().unwrap();
-    // The poller reads the item while it still shows the failure …
-    let stale = h.payments.one(&message.payment_id);
-    assert!(stale.failure.is_some());
-    // … and meanwhile the worker's retry initiates it (no new poll message: the chain's
-    // message is still the live one).
-    *h.bank.initiation_error.lock().unwrap() = None;
-    assert_eq!(
-        h.svc.process_item(&message, 2, 5).await.unwrap(),
-        bulk::BulkOutcome::Done
+    let key = "stale-read";
+    assert!(
+        h.svc
+            .initiate(&alice(), Some(key), body().to_string().as_bytes(), IP)
+            .await
+            .is_err()
     );
+    let (poll, _) = h.queue.take().pop().unwrap();
+    // The poller reads the payment while it still shows the failure …
+    let stale = h.payments.one(&poll.payment_id);
+    assert!(stale.failure.is_some());
+    // … and meanwhile the caller's retry with the key initiates it (no new poll message:
+    // the chain's message is still the live one).
+    *h.bank.initiation_error.lock().unwrap() = None;
+    let retried = h
+        .svc
+        .initiate(&alice(), Some(key), body().to_string().as_bytes(), IP)
+        .await
+        .unwrap();
+    assert_eq!(retried.status, 201, "{}", retried.body);
     assert!(h.queue.take().is_empty());
     // The step decided "stopped" from its stale read; ending the chain must be refused.
     assert_eq!(h.svc.poll_step(stale).await.unwrap(), PollOutcome::Stopped);
@@ -1343,6 +1346,72 @@ async fn a_poll_step_that_read_a_stale_failure_does_not_end_the_chain() {
     );
     // The same message, looked at again, continues the chain.
     assert_eq!(h.svc.poll(&poll).await.unwrap(), PollOutcome::Continued);
+    assert_eq!(h.queue.take().len(), 1, "one next poll");
+}
+
+#[tokio::test]
+async fn a_bulk_items_chain_starts_with_its_initiation_and_survives_a_lost_write() {
+    let h = harness();
+    h.submit("chain", &batch(1)).await.unwrap();
+    let message = h.bulk_messages().await.pop().unwrap();
+    // A transient failure: no chain (the item's queue message is retried instead).
+    *h.bank.initiation_error.lock().unwrap() = Some(BankError::Unavailable {
+        status: Some(500),
+        retry_after: None,
+    });
+    assert!(matches!(
+        h.svc.process_item(&message, 1, 5).await.unwrap(),
+        bulk::BulkOutcome::Retry(_)
+    ));
+    assert!(h.queue.take().is_empty(), "no chain before the bank has it");
+    // The next attempt reaches the bank, but the write of its answer is lost (a crash):
+    // the chain's first message went out before that write.
+    *h.bank.initiation_error.lock().unwrap() = None;
+    let payments = h.payments.clone();
+    let bank = h.bank.clone();
+    let watcher = tokio::spawn(async move {
+        loop {
+            if *bank.initiation_calls.lock().unwrap() == 2 {
+                *payments.failing_updates.lock().unwrap() = 1;
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(h.svc.process_item(&message, 2, 5).await.is_err());
+    watcher.await.unwrap();
+    assert_eq!(h.bank.payments_created(), 1);
+    let first = h.queue.take();
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0].1, h.svc.config.batch_sca_wait,
+        "an item waiting for its SCA is first polled after the batch SCA wait"
+    );
+    // The message comes again once the lease is over: the same X-Request-ID, the same
+    // payment at the bank, and the chain's first message once more (same generation).
+    let lease = h.svc.config.initiation_lease;
+    h.clock.advance(lease + chrono::Duration::seconds(1));
+    assert_eq!(
+        h.svc.process_item(&message, 3, 5).await.unwrap(),
+        bulk::BulkOutcome::Done
+    );
+    assert_eq!(h.bank.payments_created(), 1);
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 3);
+    let second = h.queue.take();
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        first[0].0, second[0].0,
+        "a duplicate of the same generation"
+    );
+    // Of the two, one continues the chain and the other is dropped: one live chain.
+    assert_eq!(
+        h.svc.poll(&first[0].0).await.unwrap(),
+        PollOutcome::Continued
+    );
+    assert_eq!(
+        h.svc.poll(&second[0].0).await.unwrap(),
+        PollOutcome::Dropped
+    );
     assert_eq!(h.queue.take().len(), 1, "one next poll");
 }
 

@@ -144,16 +144,33 @@ pub(super) async fn bounded_increment(
     limit: u32,
     expires_at: i64,
 ) -> Result<bool, StoreError> {
+    bounded_add(client, table, pk, sk, 1, limit, expires_at).await
+}
+
+/// Adds `amount` to the `count` of item (`pk`, `sk`) if the sum stays within `limit`
+/// (atomic, one UpdateItem): `false` (and nothing added) otherwise.
+async fn bounded_add(
+    client: &Client,
+    table: &str,
+    pk: String,
+    sk: String,
+    amount: u32,
+    limit: u32,
+    expires_at: i64,
+) -> Result<bool, StoreError> {
+    let Some(max_before) = limit.checked_sub(amount) else {
+        return Ok(false);
+    };
     let result = client
         .update_item()
         .table_name(table)
         .key("pk", s(pk))
         .key("sk", s(sk))
-        .update_expression("ADD #n :one SET expiresAt = :exp")
-        .condition_expression("attribute_not_exists(#n) OR #n < :limit")
+        .update_expression("ADD #n :amount SET expiresAt = :exp")
+        .condition_expression("attribute_not_exists(#n) OR #n <= :max")
         .expression_attribute_names("#n", "count")
-        .expression_attribute_values(":one", AttributeValue::N("1".into()))
-        .expression_attribute_values(":limit", AttributeValue::N(limit.to_string()))
+        .expression_attribute_values(":amount", AttributeValue::N(amount.to_string()))
+        .expression_attribute_values(":max", AttributeValue::N(max_before.to_string()))
         .expression_attribute_values(":exp", AttributeValue::N(expires_at.to_string()))
         .send()
         .await;
@@ -710,6 +727,58 @@ impl PaymentStore for DynamoPaymentStore {
             second + 3600,
         )
         .await
+    }
+
+    async fn take_rate_slots(
+        &self,
+        bank: &BankId,
+        second: i64,
+        want: u32,
+        limit: u32,
+    ) -> Result<u32, StoreError> {
+        let pk = format!("RATE#{}", bank.as_str());
+        let mut want = want.min(limit);
+        // At most three tries: all of it, then what the counter says is left (it can only
+        // shrink meanwhile), then whatever that left.
+        for _ in 0..3 {
+            if want == 0 {
+                return Ok(0);
+            }
+            if bounded_add(
+                &self.client,
+                &self.table,
+                pk.clone(),
+                second.to_string(),
+                want,
+                limit,
+                second + 3600,
+            )
+            .await?
+            {
+                return Ok(want);
+            }
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key("pk", s(pk.clone()))
+                .key("sk", s(second.to_string()))
+                .consistent_read(true)
+                .projection_expression("#n")
+                .expression_attribute_names("#n", "count")
+                .send()
+                .await
+                .map_err(backend)?;
+            let taken = out
+                .item
+                .and_then(|i| {
+                    i.get("count")
+                        .and_then(|n| n.as_n().ok()?.parse::<u32>().ok())
+                })
+                .unwrap_or(0);
+            want = want.min(limit.saturating_sub(taken));
+        }
+        Ok(0)
     }
 }
 

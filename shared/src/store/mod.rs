@@ -553,6 +553,22 @@ pub trait PaymentStore: Send + Sync {
         second: i64,
         limit: u32,
     ) -> Result<bool, StoreError>;
+    /// Takes up to `want` initiations from `bank`'s budget for `second` at once (as many
+    /// as are left, possibly 0): what a process hands out to its own waiters, so that
+    /// waiting costs one store call per second per process rather than one per payment.
+    async fn take_rate_slots(
+        &self,
+        bank: &BankId,
+        second: i64,
+        want: u32,
+        limit: u32,
+    ) -> Result<u32, StoreError> {
+        let mut taken = 0;
+        while taken < want && self.take_rate_slot(bank, second, limit).await? {
+            taken += 1;
+        }
+        Ok(taken)
+    }
 }
 
 /// `Idempotency-Key` records, per user.

@@ -1,0 +1,243 @@
+//! A process's share of each bank's per-second initiation budget.
+//!
+//! The budget itself is an atomic counter per bank and second in the payments table,
+//! shared by every worker ([`PaymentStore::take_rate_slots`]), so the cap holds however
+//! many Lambda instances run. Within one process, the payments waiting for a slot do not
+//! each ask the store: the first of them takes as many slots as there are waiters in one
+//! call and hands them out; when the second's budget is spent, they all wait for the next
+//! second. Waiting thus costs one store call per second per process, not one per payment
+//! and second.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::domain::BankId;
+use crate::store::{PaymentStore, StoreError};
+
+/// How many seconds a payment waits for a slot before giving up (well within the
+/// worker's 30 s timeout; the item is then re-queued).
+pub const MAX_WAIT_SECONDS: u32 = 20;
+
+#[derive(Default)]
+pub struct RatePool {
+    banks: Mutex<HashMap<BankId, Arc<BankPool>>>,
+}
+
+#[derive(Default)]
+struct BankPool {
+    /// Payments of this process waiting for a slot of this bank.
+    waiting: AtomicU32,
+    state: tokio::sync::Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    /// The second the slots below belong to.
+    second: i64,
+    /// Slots taken from the store for `second` and not handed out yet.
+    left: u32,
+    /// The store had no more for `second`.
+    spent: bool,
+}
+
+/// Decrements the waiter count however `acquire` ends.
+struct Waiting<'a>(&'a AtomicU32);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl RatePool {
+    /// Waits (at most [`MAX_WAIT_SECONDS`]) for one slot of `bank`'s budget of `limit`
+    /// initiations per second: `Ok(true)` when one was taken, `Ok(false)` when the wait
+    /// ran out.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn acquire(
+        &self,
+        store: &dyn PaymentStore,
+        bank: &BankId,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        let pool = Arc::clone(
+            self.banks
+                .lock()
+                .expect("rate pool lock")
+                .entry(bank.clone())
+                .or_default(),
+        );
+        pool.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&pool.waiting);
+        for _ in 0..MAX_WAIT_SECONDS {
+            let now = Utc::now();
+            let second = now.timestamp();
+            {
+                let mut slots = pool.state.lock().await;
+                if slots.second != second {
+                    *slots = Slots {
+                        second,
+                        left: 0,
+                        spent: false,
+                    };
+                }
+                if slots.left == 0 && !slots.spent {
+                    let want = pool.waiting.load(Ordering::SeqCst).clamp(1, limit);
+                    let got = store.take_rate_slots(bank, second, want, limit).await?;
+                    slots.left = got;
+                    slots.spent = got < want;
+                }
+                if slots.left > 0 {
+                    slots.left -= 1;
+                    return Ok(true);
+                }
+            }
+            // Sleep to the next second, with a little jitter so processes spread out.
+            let rest = 1_000 - u64::from(now.timestamp_subsec_millis().min(999));
+            let jitter = rand::random::<u64>() % 50;
+            tokio::time::sleep(Duration::from_millis(rest + jitter)).await;
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+
+    use crate::domain::{BatchId, PaymentId, UserId};
+    use crate::store::{BatchChunk, BatchRecord, PaymentPage, PaymentRecord, PaymentState};
+
+    /// Only the rate counter is real; `calls` counts the store calls made for it.
+    #[derive(Default)]
+    struct Counter {
+        per_second: Mutex<HashMap<i64, u32>>,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl PaymentStore for Counter {
+        async fn take_rate_slot(&self, _: &BankId, s: i64, limit: u32) -> Result<bool, StoreError> {
+            Ok(self
+                .take_rate_slots(&BankId::parse("b").unwrap(), s, 1, limit)
+                .await?
+                == 1)
+        }
+        async fn take_rate_slots(
+            &self,
+            _: &BankId,
+            second: i64,
+            want: u32,
+            limit: u32,
+        ) -> Result<u32, StoreError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            let mut map = self.per_second.lock().unwrap();
+            let taken = map.entry(second).or_default();
+            let got = want.min(limit - *taken);
+            *taken += got;
+            Ok(got)
+        }
+        async fn insert(&self, _: &PaymentRecord) -> Result<(), StoreError> {
+            unimplemented!()
+        }
+        async fn get(
+            &self,
+            _: &UserId,
+            _: &PaymentId,
+        ) -> Result<Option<PaymentRecord>, StoreError> {
+            unimplemented!()
+        }
+        async fn list_for_user(&self, _: &UserId) -> Result<Vec<PaymentRecord>, StoreError> {
+            unimplemented!()
+        }
+        async fn list_page(
+            &self,
+            _: &UserId,
+            _: Option<PaymentState>,
+            _: Option<&PaymentId>,
+            _: usize,
+        ) -> Result<PaymentPage, StoreError> {
+            unimplemented!()
+        }
+        async fn update(&self, _: &PaymentRecord) -> Result<PaymentRecord, StoreError> {
+            unimplemented!()
+        }
+        async fn batch_items(
+            &self,
+            _: &UserId,
+            _: &BatchId,
+        ) -> Result<Vec<PaymentRecord>, StoreError> {
+            unimplemented!()
+        }
+        async fn insert_batch(&self, _: &BatchRecord) -> Result<(), StoreError> {
+            unimplemented!()
+        }
+        async fn get_batch(
+            &self,
+            _: &UserId,
+            _: &BatchId,
+        ) -> Result<Option<BatchRecord>, StoreError> {
+            unimplemented!()
+        }
+        async fn update_batch(&self, _: &BatchRecord) -> Result<BatchRecord, StoreError> {
+            unimplemented!()
+        }
+        async fn put_chunks(&self, _: &[BatchChunk]) -> Result<(), StoreError> {
+            unimplemented!()
+        }
+        async fn get_chunk(
+            &self,
+            _: &UserId,
+            _: &BatchId,
+            _: u32,
+        ) -> Result<Option<BatchChunk>, StoreError> {
+            unimplemented!()
+        }
+        async fn update_chunk(&self, _: &BatchChunk) -> Result<BatchChunk, StoreError> {
+            unimplemented!()
+        }
+    }
+
+    #[tokio::test]
+    async fn many_waiters_share_few_store_calls_and_never_exceed_the_limit() {
+        let store = Arc::new(Counter::default());
+        let pool = Arc::new(RatePool::default());
+        let bank = BankId::parse("lt-alpha").unwrap();
+        let started = Utc::now().timestamp();
+        let tasks: Vec<_> = (0..25)
+            .map(|_| {
+                let (store, pool, bank) = (store.clone(), pool.clone(), bank.clone());
+                tokio::spawn(async move {
+                    assert!(pool.acquire(store.as_ref(), &bank, 10).await.unwrap());
+                    Utc::now().timestamp()
+                })
+            })
+            .collect();
+        let mut per_second: HashMap<i64, u32> = HashMap::new();
+        for t in tasks {
+            *per_second.entry(t.await.unwrap()).or_default() += 1;
+        }
+        assert_eq!(per_second.values().sum::<u32>(), 25);
+        assert!(per_second.values().all(|n| *n <= 10), "{per_second:?}");
+        let counted: HashMap<i64, u32> = store.per_second.lock().unwrap().clone();
+        assert!(counted.values().all(|n| *n <= 10), "{counted:?}");
+        let seconds = (Utc::now().timestamp() - started + 1) as usize;
+        // One call per second for the pool (two when a second's first call came up short
+        // of the waiters), instead of one per waiter and second.
+        let calls = store.calls.load(Ordering::SeqCst);
+        assert!(
+            calls <= 2 * seconds + 1,
+            "{calls} store calls over {seconds} s"
+        );
+    }
+}
