@@ -281,7 +281,7 @@ impl Runtime {
                 jwt_secret: jwt_secret.to_owned(),
                 time_scale: 1.0,
                 max_instances: 2,
-                sqs_poll_wait: Duration::from_secs(1),
+                sqs_poll_wait: Duration::ZERO,
             },
         )
         .await

@@ -68,7 +68,9 @@ async fn main() -> anyhow::Result<()> {
         jwt_secret: infra::local_runtime::jwt::secret_from_env(),
         time_scale: env_or("LOCAL_TIME_SCALE", 1.0)?,
         max_instances: env_or("LOCAL_MAX_INSTANCES", 4)?,
-        sqs_poll_wait: Duration::from_secs(1),
+        // Short receives by default (see `SqsMapping::poll_wait`); LocalStack or AWS users
+        // may prefer long polls.
+        sqs_poll_wait: Duration::from_millis(env_or("LOCAL_SQS_POLL_WAIT_MS", 0)?),
     };
     let routes = plan.routes.len();
     let queues = plan.queues.len();

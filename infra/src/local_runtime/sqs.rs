@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Invoke, InvokeError};
 
+/// Pause after an empty short receive (mappings with a zero `poll_wait`).
+pub const SHORT_POLL_PAUSE: Duration = Duration::from_millis(200);
+
 /// One `Type: SQS` event of a function in the template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqsMapping {
@@ -38,7 +41,11 @@ pub struct SqsMapping {
     pub report_batch_item_failures: bool,
     /// `ScalingConfig.MaximumConcurrency` (default 2): batches in flight at once.
     pub max_concurrency: usize,
-    /// Long-poll wait per ReceiveMessage (default 1 s locally, at most 20 s).
+    /// Long-poll wait per ReceiveMessage (default 1 s locally, at most 20 s). Zero makes
+    /// short receives with a [`SHORT_POLL_PAUSE`] after each empty one: moto wakes every
+    /// long-polling receiver on each send, and each rescans the whole queue (delayed
+    /// messages included), so with many delayed messages long polls make every send
+    /// slower; short receives keep that cost to a few scans a second.
     pub poll_wait: Duration,
 }
 
@@ -298,6 +305,12 @@ impl Poller {
                     () = self.shutdown.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
+            } else if self.mapping.poll_wait.is_zero() {
+                // Short receives: pause between empty ones.
+                tokio::select! {
+                    () = tokio::time::sleep(SHORT_POLL_PAUSE) => {}
+                    () = self.shutdown.cancelled() => return,
+                }
             }
         }
     }

@@ -10,22 +10,24 @@
 //!   retry after a crash continues where it stopped.
 //! - **Fan-out**: the worker expands a chunk message into the chunk's payment records
 //!   (state `queued`; each written only if it does not exist yet, so a redelivered chunk
-//!   never resets an item that moved on) and one message per item, then marks the chunk
-//!   expanded. Items get ids and `X-Request-ID`s derived from the batch and their index,
-//!   so every expansion produces the same items.
-//! - **The worker** takes a slot of the bank's per-second budget (an atomic counter shared
-//!   by all workers, handed out within a process by [`super::super::rate_pool`]), then
-//!   claims the item with a conditional write (a redelivered or concurrent message finds
-//!   it claimed and stops) and initiates the payment with the item's stable
-//!   `X-Request-ID`. The item's status-poll chain (the same poller as single payments)
-//!   starts with the write that records the bank's answer; until then the item's own
-//!   queue message is what brings back an item whose worker died at the bank (SQS
-//!   redelivers it, the lease has run out, the bank de-duplicates the repeated call).
-//!   5xx and timeouts are retried by SQS with backoff; a 429 (or no slot within 20 s)
-//!   re-queues the item after `Retry-After` without using up the message's receives; a
-//!   permanent refusal marks the item rejected with the bank's code. An item still
-//!   failing on its last receive is marked failed with the reason and its message goes to
-//!   the DLQ.
+//!   never resets an item that moved on) and initiates the items it wrote itself, within
+//!   [`CHUNK_BUDGET`]; only what is left (transient failures, items it had no time or rate
+//!   slot for, items of a redelivered chunk) gets one queue message per item. Items get
+//!   ids and `X-Request-ID`s derived from the batch and their index, so every expansion
+//!   produces the same items.
+//! - **An item** (in its chunk, or from its own message) takes a slot of the bank's
+//!   per-second budget (an atomic counter shared by all workers, handed out within a
+//!   process by [`super::super::rate_pool`]), then is claimed with a conditional write (a
+//!   redelivered or concurrent message finds it claimed and stops) and initiated with its
+//!   stable `X-Request-ID`. Its status-poll chain (the same poller as single payments)
+//!   starts with the write that records the bank's answer; until then the message that
+//!   brought the item (its chunk's or its own) is what brings it back if the worker dies
+//!   at the bank: SQS redelivers it, the lease has run out, the bank de-duplicates the
+//!   repeated call. 5xx and timeouts are retried by SQS with backoff; a 429 (or no slot
+//!   within 20 s) re-queues the item after `Retry-After` without using up the message's
+//!   receives; a permanent refusal marks the item rejected with the bank's code. An item
+//!   still failing on its last receive is marked failed with the reason and its message
+//!   goes to the DLQ.
 //! - **Totals** are derived from the items (index `ByGsi1`); items of chunks not expanded
 //!   yet count as queued. They cannot drift however often a message is retried.
 
@@ -67,6 +69,12 @@ const ITEM_FIELDS: [&str; 5] = [
     "remittanceInformationUnstructured",
     "endToEndIdentification",
 ];
+/// How long a chunk message starts items itself before it leaves the rest to item
+/// messages (the worker's timeout in template.yaml is 60 s; an item started just before
+/// takes at most its bank's `timeoutMs` and a few writes more).
+pub const CHUNK_BUDGET: StdDuration = StdDuration::from_secs(40);
+/// Items of one chunk at the bank (or waiting for a rate slot) at once.
+const CHUNK_CONCURRENCY: usize = 10;
 /// Namespace of the items' `X-Request-ID`s (UUID v5 of the item id).
 const ITEM_REQUEST_NAMESPACE: Uuid = Uuid::from_u128(0x3b9e_51c2_7d04_4a8f_b6e1_0c55_92d7_1a3e);
 
@@ -289,14 +297,21 @@ impl Payments {
         })
     }
 
-    /// Expands one chunk of an accepted batch: stores its items that are not stored yet
-    /// and sends one message per item, then marks the chunk expanded. A redelivered chunk
-    /// message finds it expanded (or, after a crash midway, repeats the sends: the items'
-    /// claims make duplicate item messages harmless).
+    /// Expands one chunk of an accepted batch: stores its items that are not stored yet and
+    /// initiates those it stored itself, right here (no queue message per item on the
+    /// happy path), each with a rate slot and a claim exactly as the item path takes them.
+    /// What is not done within [`CHUNK_BUDGET`] — items that failed transiently, that got
+    /// no rate slot, that existed already (a redelivered chunk), or that there was no time
+    /// for — gets one item message each, with the delay it needs, and from then on takes
+    /// the item path (SQS retries, receive counts, DLQ). The chunk is then marked expanded.
+    ///
+    /// A crash midway leaves the chunk unmarked: its message comes again, finds every item
+    /// stored, and sends one message per item; the items' claims make that safe.
     ///
     /// # Errors
     /// A store or queue failure: SQS redelivers the chunk message.
     pub async fn expand_chunk(&self, message: &ChunkMessage) -> Result<BulkOutcome, ServiceError> {
+        let started = std::time::Instant::now();
         let user = &message.user_id;
         let (batch, chunk) = tokio::try_join!(
             self.payments.get_batch(user, &message.batch_id),
@@ -320,17 +335,106 @@ impl Payments {
                 self.item_record(&batch, index, item)
             })
             .collect::<Result<Vec<_>, ServiceError>>()?;
-        self.payments.insert_many(&items).await?;
-        self.enqueue_items(&items).await?;
+        let stored = self.payments.insert_many(&items).await?;
+        let (fresh, existing): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .zip(stored)
+            .partition(|(_, stored)| *stored);
+        let mut later: Vec<(PaymentRecord, StdDuration)> = existing
+            .into_iter()
+            .map(|(record, _)| (record, StdDuration::ZERO))
+            .collect();
+        use futures::StreamExt as _;
+        let attempts: Vec<_> = fresh
+            .into_iter()
+            .map(|(record, _)| self.initiate_fresh(record, started))
+            .collect();
+        let outcomes: Vec<(PaymentRecord, Option<StdDuration>)> = futures::stream::iter(attempts)
+            .buffer_unordered(CHUNK_CONCURRENCY)
+            .collect()
+            .await;
+        let mut initiated = 0usize;
+        for (record, retry) in outcomes {
+            match retry {
+                None => initiated += 1,
+                Some(delay) => later.push((record, delay)),
+            }
+        }
+        if !later.is_empty() {
+            let messages: Vec<OutgoingMessage> = later
+                .iter()
+                .map(|(p, delay)| {
+                    let mut m = outgoing(
+                        format!("i{}", p.batch_index.unwrap_or(0)),
+                        &BulkWork::Item(BulkMessage {
+                            user_id: p.user_id.clone(),
+                            payment_id: p.payment_id.clone(),
+                        }),
+                    );
+                    m.delay = (*delay).min(crate::queue::MAX_DELAY);
+                    m
+                })
+                .collect();
+            self.send_bulk(&messages).await?;
+        }
         let mut done = chunk;
         done.expanded = true;
         match self.payments.update_chunk(&done).await {
             Ok(_) | Err(StoreError::VersionConflict { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        info!(batch_id = %message.batch_id, chunk = message.chunk, items = items.len(),
+        info!(batch_id = %message.batch_id, chunk = message.chunk, initiated,
+            queued = later.len(), elapsed_ms = started.elapsed().as_millis() as u64,
             "batch chunk expanded");
         Ok(BulkOutcome::Done)
+    }
+
+    /// One item just stored by [`Self::expand_chunk`]: a rate slot, the claim, the bank.
+    /// Answers the record and, unless the bank has settled it either way, the delay after
+    /// which its item message should come.
+    async fn initiate_fresh(
+        &self,
+        record: PaymentRecord,
+        started: std::time::Instant,
+    ) -> (PaymentRecord, Option<StdDuration>) {
+        let Some(left) = CHUNK_BUDGET.checked_sub(started.elapsed()) else {
+            return (record, Some(StdDuration::ZERO));
+        };
+        let max_wait = u32::try_from(left.as_secs()).unwrap_or(0);
+        match self.wait_for_rate_slot(&record.bank_id, max_wait).await {
+            Ok(true) => {}
+            Ok(false) => return (record, Some(StdDuration::from_secs(1))),
+            Err(_) => return (record, Some(StdDuration::from_secs(5))),
+        }
+        let now = self.clock.now();
+        let mut claimed = record.clone();
+        claimed.queued = false;
+        claimed.lease_until = Some(now + self.config.initiation_lease);
+        claimed.updated_at = now;
+        let claimed = match self.payments.update(&claimed).await {
+            Ok(saved) => saved,
+            // Someone else has it (a duplicate chunk message): the item path sorts it out.
+            Err(_) => return (record, Some(StdDuration::ZERO)),
+        };
+        match self.initiate_at_bank(claimed.clone()).await {
+            Ok(saved) => (saved, None),
+            Err(ServiceError::Bank(BankError::AccessExceeded { retry_after })) => (
+                claimed,
+                Some(retry_after.unwrap_or(StdDuration::from_secs(1))),
+            ),
+            Err(ServiceError::Bank(_)) => (claimed, Some(crate::webhook::retry_backoff(1))),
+            // A store failure after the claim: the message comes once the lease is over.
+            Err(_) => (
+                claimed,
+                Some(
+                    self.config
+                        .initiation_lease
+                        .to_std()
+                        .unwrap_or(StdDuration::from_secs(60))
+                        + StdDuration::from_secs(1),
+                ),
+            ),
+        }
     }
 
     /// The payment record of item `index`: id and `X-Request-ID` derived from the batch,
@@ -416,23 +520,6 @@ impl Payments {
         Ok(())
     }
 
-    /// One message per item.
-    async fn enqueue_items(&self, items: &[PaymentRecord]) -> Result<(), ServiceError> {
-        let messages: Vec<OutgoingMessage> = items
-            .iter()
-            .map(|p| {
-                outgoing(
-                    format!("i{}", p.batch_index.unwrap_or(0)),
-                    &BulkWork::Item(BulkMessage {
-                        user_id: p.user_id.clone(),
-                        payment_id: p.payment_id.clone(),
-                    }),
-                )
-            })
-            .collect();
-        self.send_bulk(&messages).await
-    }
-
     // ---- the worker -------------------------------------------------------------------
 
     /// Handles one bulk message (module docs). `receive` is the message's receive count,
@@ -499,7 +586,10 @@ impl Payments {
                 return Ok(ItemClaim::Nothing);
             }
             if !slot {
-                if !self.wait_for_rate_slot(&record.bank_id).await? {
+                if !self
+                    .wait_for_rate_slot(&record.bank_id, super::super::rate_pool::MAX_WAIT_SECONDS)
+                    .await?
+                {
                     return Ok(ItemClaim::NoSlot);
                 }
                 slot = true;
@@ -564,7 +654,7 @@ impl Payments {
 
     /// Waits (at most [`super::super::rate_pool::MAX_WAIT_SECONDS`]) for a slot of the
     /// bank's per-second initiation budget: `false` when none came.
-    async fn wait_for_rate_slot(&self, bank: &BankId) -> Result<bool, ServiceError> {
+    async fn wait_for_rate_slot(&self, bank: &BankId, max_wait: u32) -> Result<bool, ServiceError> {
         let Some(limit) = self
             .registry
             .get(bank)
@@ -575,7 +665,7 @@ impl Payments {
         };
         Ok(self
             .rate_pool
-            .acquire(self.payments.as_ref(), bank, limit)
+            .acquire(self.payments.as_ref(), bank, limit, max_wait)
             .await?)
     }
 

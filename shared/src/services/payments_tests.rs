@@ -1200,8 +1200,9 @@ async fn a_bad_batch_lists_every_bad_item_and_queues_nothing() {
         field_errors(h.submit("sepa-usd", &sepa_usd).await.unwrap_err()),
         vec!["payments[2].instructedAmount.currency"]
     );
-    // Only the two good batches were stored and queued.
-    assert_eq!(h.bulk_messages().await.len(), 1003);
+    // Only the good batches were stored and queued: 10 chunks of 1,000 items, and one
+    // chunk for the cross-border batch.
+    assert_eq!(h.bulk_work().len(), 11);
     assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 0);
 }
 
@@ -1217,9 +1218,27 @@ async fn items_are_claimed_once_whatever_the_duplicates() {
     );
     let v: Value = serde_json::from_str(&accepted.body).unwrap();
     let batch_id = v["batchId"].as_str().unwrap().to_owned();
-    let messages = h.bulk_messages().await;
+    // The chunk message delivered three times: the first initiates every item itself.
+    let work = h.bulk_work();
+    assert_eq!(work.len(), 1);
+    for w in work.iter().chain(&work).chain(&work) {
+        assert_eq!(
+            h.svc.process_work(w, 1, 5).await.unwrap(),
+            bulk::BulkOutcome::Done
+        );
+    }
+    assert!(h.bulk_work().is_empty(), "no item message was needed");
+    // Item messages for every item (as a crash midway would send), three times each.
+    let messages: Vec<bulk::BulkMessage> = h
+        .payments
+        .all()
+        .into_iter()
+        .map(|p| bulk::BulkMessage {
+            user_id: p.user_id,
+            payment_id: p.payment_id,
+        })
+        .collect();
     assert_eq!(messages.len(), 20);
-    // Every message delivered three times.
     for m in messages.iter().chain(&messages).chain(&messages) {
         let outcome = h.svc.process_item(m, 1, 5).await.unwrap();
         assert_eq!(outcome, bulk::BulkOutcome::Done);
@@ -1258,11 +1277,15 @@ async fn items_are_claimed_once_whatever_the_duplicates() {
 async fn transient_429_and_permanent_failures_per_item() {
     let h = harness();
     h.submit("faults", &batch(3)).await.unwrap();
-    let messages = h.bulk_messages().await;
+    // The chunk's own attempt fails for every item: each gets an item message.
     *h.bank.initiation_error.lock().unwrap() = Some(BankError::Unavailable {
         status: Some(500),
         retry_after: None,
     });
+    let mut messages = h.bulk_messages().await;
+    messages.sort_by_key(|m| m.payment_id.as_str().to_owned());
+    assert_eq!(messages.len(), 3);
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 3);
     assert!(matches!(
         h.svc.process_item(&messages[0], 1, 5).await.unwrap(),
         bulk::BulkOutcome::Retry(_)
@@ -1353,16 +1376,13 @@ async fn a_poll_step_that_read_a_stale_failure_does_not_end_the_chain() {
 async fn a_bulk_items_chain_starts_with_its_initiation_and_survives_a_lost_write() {
     let h = harness();
     h.submit("chain", &batch(1)).await.unwrap();
-    let message = h.bulk_messages().await.pop().unwrap();
-    // A transient failure: no chain (the item's queue message is retried instead).
+    // The chunk's attempt fails transiently: no chain (an item message comes instead).
     *h.bank.initiation_error.lock().unwrap() = Some(BankError::Unavailable {
         status: Some(500),
         retry_after: None,
     });
-    assert!(matches!(
-        h.svc.process_item(&message, 1, 5).await.unwrap(),
-        bulk::BulkOutcome::Retry(_)
-    ));
+    let message = h.bulk_messages().await.pop().unwrap();
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 1);
     assert!(h.queue.take().is_empty(), "no chain before the bank has it");
     // The next attempt reaches the bank, but the write of its answer is lost (a crash):
     // the chain's first message went out before that write.
@@ -1444,22 +1464,15 @@ async fn acceptance_fans_out_in_chunks_and_a_redelivered_chunk_resets_nothing() 
     assert_eq!(view.counts.values().sum::<u32>(), 250);
     assert!(!view.done);
 
-    // Chunk 0 expands into its 100 items; the first is initiated.
+    // Chunk 0 stores its 100 items and initiates them itself: no item message.
     h.svc.expand_chunk(&chunks[0]).await.unwrap();
-    let first: Vec<bulk::BulkMessage> = h
-        .bulk_work()
-        .into_iter()
-        .map(|w| match w {
-            bulk::BulkWork::Item(m) => m,
-            bulk::BulkWork::Chunk(_) => panic!("expansion sends items only"),
-        })
-        .collect();
+    assert!(h.bulk_work().is_empty());
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 100);
+    let first = h.payments.all();
     assert_eq!(first.len(), 100);
-    assert_eq!(
-        h.svc.process_item(&first[0], 1, 5).await.unwrap(),
-        bulk::BulkOutcome::Done
-    );
-    // A crash before the chunk was marked expanded: its message comes again.
+    assert!(first.iter().all(|p| p.bank_payment_id.is_some()));
+    // A crash before the chunk was marked expanded: its message comes again. The items
+    // exist: none is rewritten, each gets an item message, and those find them initiated.
     {
         let mut stored = h.payments.chunks.lock().unwrap();
         for c in stored.values_mut() {
@@ -1467,28 +1480,26 @@ async fn acceptance_fans_out_in_chunks_and_a_redelivered_chunk_resets_nothing() 
         }
     }
     h.svc.expand_chunk(&chunks[0]).await.unwrap();
-    let again = h.payments.one(&first[0].payment_id);
     assert!(
-        again.bank_payment_id.is_some(),
-        "the initiated item was not rewritten"
+        h.payments.all().iter().all(|p| first.contains(p)),
+        "no item was rewritten"
     );
-    // The same chunk once more, now marked: nothing is sent.
     let resent = h.bulk_messages().await;
     assert_eq!(resent.len(), 100);
+    for m in &resent {
+        assert_eq!(
+            h.svc.process_item(m, 1, 5).await.unwrap(),
+            bulk::BulkOutcome::Done
+        );
+    }
+    // The same chunk once more, now marked: nothing is sent.
     h.svc.expand_chunk(&chunks[0]).await.unwrap();
     assert!(h.bulk_work().is_empty());
 
     for c in &chunks[1..] {
         h.svc.expand_chunk(c).await.unwrap();
     }
-    let rest = h.bulk_messages().await;
-    assert_eq!(rest.len(), 150);
-    for m in first.iter().chain(&resent).chain(&rest) {
-        assert_eq!(
-            h.svc.process_item(m, 1, 5).await.unwrap(),
-            bulk::BulkOutcome::Done
-        );
-    }
+    assert!(h.bulk_work().is_empty());
     assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 250);
     assert_eq!(h.bank.payments_created(), 250);
     let view = h

@@ -54,9 +54,9 @@ impl Drop for Waiting<'_> {
 }
 
 impl RatePool {
-    /// Waits (at most [`MAX_WAIT_SECONDS`]) for one slot of `bank`'s budget of `limit`
-    /// initiations per second: `Ok(true)` when one was taken, `Ok(false)` when the wait
-    /// ran out.
+    /// Waits (at most `max_wait` seconds, at most [`MAX_WAIT_SECONDS`]) for one slot of
+    /// `bank`'s budget of `limit` initiations per second: `Ok(true)` when one was taken,
+    /// `Ok(false)` when the wait ran out.
     ///
     /// # Errors
     /// The store failed.
@@ -65,6 +65,7 @@ impl RatePool {
         store: &dyn PaymentStore,
         bank: &BankId,
         limit: u32,
+        max_wait: u32,
     ) -> Result<bool, StoreError> {
         let pool = Arc::clone(
             self.banks
@@ -75,7 +76,8 @@ impl RatePool {
         );
         pool.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(&pool.waiting);
-        for _ in 0..MAX_WAIT_SECONDS {
+        let last = max_wait.min(MAX_WAIT_SECONDS);
+        for attempt in 0..=last {
             let now = Utc::now();
             let second = now.timestamp();
             {
@@ -97,6 +99,9 @@ impl RatePool {
                     slots.left -= 1;
                     return Ok(true);
                 }
+            }
+            if attempt == last {
+                break;
             }
             // Sleep to the next second, with a little jitter so processes spread out.
             let rest = 1_000 - u64::from(now.timestamp_subsec_millis().min(999));
@@ -218,7 +223,11 @@ mod tests {
             .map(|_| {
                 let (store, pool, bank) = (store.clone(), pool.clone(), bank.clone());
                 tokio::spawn(async move {
-                    assert!(pool.acquire(store.as_ref(), &bank, 10).await.unwrap());
+                    assert!(
+                        pool.acquire(store.as_ref(), &bank, 10, MAX_WAIT_SECONDS)
+                            .await
+                            .unwrap()
+                    );
                     Utc::now().timestamp()
                 })
             })

@@ -592,7 +592,7 @@ impl PaymentStore for DynamoPaymentStore {
         Ok(next)
     }
 
-    async fn insert_many(&self, payments: &[PaymentRecord]) -> Result<(), StoreError> {
+    async fn insert_many(&self, payments: &[PaymentRecord]) -> Result<Vec<bool>, StoreError> {
         if payments.iter().any(|p| p.version != 0) {
             return Err(StoreError::Corrupt(
                 "a new payment starts at version 0".into(),
@@ -607,12 +607,16 @@ impl PaymentStore for DynamoPaymentStore {
         use futures::StreamExt as _;
         let results: Vec<Result<(), StoreError>> = futures::stream::iter(items)
             .map(|item| put_new(client, table, item))
-            .buffer_unordered(16)
+            .buffered(16)
             .collect()
             .await;
         results
             .into_iter()
-            .filter(|r| !matches!(r, Err(StoreError::AlreadyExists)))
+            .map(|r| match r {
+                Ok(()) => Ok(true),
+                Err(StoreError::AlreadyExists) => Ok(false),
+                Err(e) => Err(e),
+            })
             .collect()
     }
 

@@ -512,15 +512,18 @@ pub trait PaymentStore: Send + Sync {
     /// Conditional replace, as [`ConsentStore::update`].
     async fn update(&self, payment: &PaymentRecord) -> Result<PaymentRecord, StoreError>;
     /// Stores those of `payments` (new batch items, version 0) whose id is not taken yet;
-    /// an existing payment is left as it is, whatever became of it.
-    async fn insert_many(&self, payments: &[PaymentRecord]) -> Result<(), StoreError> {
+    /// an existing payment is left as it is, whatever became of it. Answers, for each
+    /// payment, whether this call stored it.
+    async fn insert_many(&self, payments: &[PaymentRecord]) -> Result<Vec<bool>, StoreError> {
+        let mut stored = Vec::with_capacity(payments.len());
         for p in payments {
             match self.insert(p).await {
-                Ok(()) | Err(StoreError::AlreadyExists) => {}
+                Ok(()) => stored.push(true),
+                Err(StoreError::AlreadyExists) => stored.push(false),
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(stored)
     }
     /// The items of a batch in index order (index `ByGsi1`), all of them.
     async fn batch_items(
