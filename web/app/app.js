@@ -39,6 +39,11 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** Replaces `node`'s children, leaving out null, undefined and false. */
+function put(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 /** "12345.6" → "12,345.6": thousands separators on the decimal string itself (no float). */
 function groupDigits(amount) {
   const text = String(amount);
@@ -686,7 +691,7 @@ function renderPayment(p) {
   const box = $('#payment-status');
   const steps = (p.statusHistory || []).map((h) =>
     el('li', { 'data-status': h.status }, el('strong', { text: h.status }), ` ${STATUS_WORDS[h.status] || ''} `, el('span', { class: 'muted small', text: when(h.at) })));
-  box.replaceChildren(
+  put(box,
     el('div', { class: 'payment-head' },
       el('span', { class: `status-code ${p.final ? 'final' : 'live'}`, 'data-status': p.status || '', 'data-final': String(Boolean(p.final)), text: p.status || '…' }),
       el('span', { text: ` ${label(p.state)}${p.final ? ' — final' : ' — following…'}` })),
@@ -866,7 +871,7 @@ function renderBatch(batch) {
   const percent = batch.total ? Math.floor((100 * finished) / batch.total) : 0;
   const waiting = (batch.items || []).filter((i) => i.state === 'awaiting_authorisation' && i.authUrl);
   $('#bulk-status').dataset.batchId = batch.batchId;
-  $('#bulk-status').replaceChildren(
+  put($('#bulk-status'),
     el('div', { class: 'progress', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': percent },
       el('div', { class: 'bar', style: `width:${percent}%` })),
     el('p', {}, el('strong', { 'data-testid': 'bulk-percent', 'data-percent': percent, text: `${percent} %` }),
