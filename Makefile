@@ -14,7 +14,7 @@ LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
 SANDBOX_ADDR ?= 127.0.0.1:8080
 STACK_NAME ?= openbank-local
 
-.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation test-bulk token test fmt-check clippy lint-template fmt
+.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation test-bulk test-web token test fmt-check clippy lint-template fmt
 
 help:
 	@echo "make up     run the bundle locally: local AWS, template.yaml resources, sandbox bank, local runtime on :3000"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench  release build + per-function size, cold start, latency, memory; then bench-aggregation"
 	@echo "make bench-aggregation  cold/warm aggregated reads at 100 ms bank latency + categorisation throughput"
 	@echo "make test-bulk  the bulk payment e2e with 1,000 items, faults and duplicated messages"
+	@echo "make test-web   the demo web app in headless Chromium (installed with apt-get when missing)"
 	@echo "make package  cargo-lambda build of every function (PACKAGE_ARCH=arm64|x86-64)"
 
 setup:
@@ -78,3 +79,9 @@ lint-template: setup
 test: setup fmt-check lint-template clippy aws-up
 	cargo build --workspace --bins
 	@$(LOCAL_ENV) cargo test --workspace --all-targets
+	@$(MAKE) --no-print-directory test-web
+
+# The demo web app end to end in Debian's Chromium (playwright-core from web/package-lock.json);
+# starts its own local AWS, sandbox bank and local runtime on free ports.
+test-web: setup
+	@bash scripts/test-web.sh
