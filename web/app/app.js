@@ -931,6 +931,7 @@ async function start() {
     loadDashboard().catch((error) => flash(error.message, 'error'));
   });
   window.addEventListener('hashchange', route);
+  for (const link of $$('.tabs a')) link.addEventListener('click', clearFlash);
   if (!sessionStorage.getItem(KEY.token)) {
     $('#signin').hidden = false;
     return;

@@ -7,7 +7,8 @@
 //
 // The scenario: sign in → connect two banks, approving at the sandbox bank's SCA page →
 // the dashboard's total equals what GET /v1/balances answers for the same user (and that
-// answer's total equals the sum of its converted balances) → a connection denied at the
+// answer's total equals the sum of its converted balances), in EUR and in USD → a bank
+// that fails is named while the other's data still shows → a connection denied at the
 // bank shows the denial → a validation error is shown next to its field → a payment
 // authorised at the bank reaches ACSC on screen → a 50-row CSV upload reaches 100 % →
 // the inbox lists what happened → renew and revoke from the connections list.
@@ -196,6 +197,35 @@ try {
     await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard.png') });
     await shot('dashboard-full');
+  });
+
+  await step('another base currency: the total follows', async () => {
+    await page.selectOption('#base-currency', 'USD');
+    await page.waitForFunction(() => document.querySelector('#total').dataset.currency === 'USD');
+    const usd = await api('GET', '/v1/balances?baseCurrency=USD');
+    const shown = (await page.textContent('#total')).trim();
+    assert.equal(minorUnits(shown.replace(/\s*USD$/, '')), minorUnits(usd.total.amount.amount), `screen ${shown} vs API ${usd.total.amount.amount}`);
+    await page.selectOption('#base-currency', 'EUR');
+    await page.waitForFunction(() => document.querySelector('#total').dataset.currency === 'EUR');
+  });
+
+  await step('a bank that fails is named on the dashboard, the other bank still shows', async () => {
+    const faults = (body) => fetch(`${SANDBOX_URL}/__admin/faults`, body
+      ? { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }
+      : { method: 'DELETE' });
+    assert.ok((await faults({ bank: 'lv-baltija', errorRate: 1.0, errorStatus: 503 })).ok);
+    try {
+      await page.click('#refresh');
+      await page.waitForSelector('#bank-errors li[data-bank="lv-baltija"]', { timeout: 60_000 });
+      assert.match(await page.textContent('#bank-errors'), /Baltija Banka/);
+      assert.equal(await page.locator('#bank-errors li[data-bank="lt-alpha"]').count(), 0);
+      await page.waitForSelector('.bank-block[data-bank="lt-alpha"]');
+      await shot('dashboard-bank-error');
+    } finally {
+      assert.ok((await faults(null)).ok);
+    }
+    await page.click('#refresh');
+    await page.waitForFunction(() => !document.querySelector('#bank-errors li'), null, { timeout: 60_000 });
   });
 
   await step('filter transactions by bank and category', async () => {
