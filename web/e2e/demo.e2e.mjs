@@ -328,24 +328,28 @@ try {
 
     const decided = new Set();
     let percent = 0;
+    let lastReport = Date.now();
     while (percent < 100) {
       assert.ok(Date.now() - t0 < 180_000, `the batch stalled at ${percent} %`);
       const batch = await api('GET', `/v1/payment-batches/${batchId}?limit=1000`);
       assert.equal(batch.total, BULK_ROWS);
-      for (const item of batch.items) {
-        if (item.state !== 'awaiting_authorisation' || !item.authUrl || decided.has(item.paymentId)) continue;
+      const ready = batch.items.filter((item) => item.state === 'awaiting_authorisation' && item.authUrl && !decided.has(item.paymentId));
+      await Promise.all(ready.map(async (item) => {
         decided.add(item.paymentId);
         const url = new URL(item.authUrl);
         const [, bank, , kind, id] = url.pathname.split('/');
         const answer = await fetch(`${SANDBOX_URL}/__admin/sca/${bank}/${kind}/${id}?decision=approve`, { method: 'POST' });
-        if (answer.status === 409) continue; // already decided (the one approved in the browser)
+        if (answer.status === 409) return; // already decided (the one approved in the browser)
         const text = await answer.text();
         assert.equal(answer.status, 200, text);
-        const { redirect } = JSON.parse(text);
-        const back = await fetch(redirect, { redirect: 'manual' });
+        const back = await fetch(JSON.parse(text).redirect, { redirect: 'manual' });
         assert.equal(back.status, 302, `our callback answers 302, got ${back.status}`);
-      }
+      }));
       percent = Number(await page.getAttribute('[data-testid="bulk-percent"]', 'data-percent'));
+      if (Date.now() - lastReport > 10_000) {
+        lastReport = Date.now();
+        process.stderr.write(`demo.e2e:   ${percent} % on screen after ${((Date.now() - t0) / 1000).toFixed(0)} s; ${JSON.stringify(batch.counts)}\n`);
+      }
       await new Promise((resolve) => setTimeout(resolve, 500));
     }
     await page.waitForSelector('#bulk-status .progress[aria-valuenow="100"]');
