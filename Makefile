@@ -14,7 +14,7 @@ LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
 SANDBOX_ADDR ?= 127.0.0.1:8080
 STACK_NAME ?= openbank-local
 
-.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation test-bulk test-web token test fmt-check clippy lint-template fmt
+.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation test-bulk token test fmt-check clippy lint-template fmt
 
 help:
 	@echo "make up     run the bundle locally: local AWS, template.yaml resources, sandbox bank, local runtime on :3000"
@@ -83,5 +83,6 @@ test: setup fmt-check lint-template clippy aws-up
 
 # The demo web app end to end in Debian's Chromium (playwright-core from web/package-lock.json);
 # starts its own local AWS, sandbox bank and local runtime on free ports.
+.PHONY: test-web
 test-web: setup
 	@bash scripts/test-web.sh
