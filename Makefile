@@ -25,6 +25,7 @@ help:
 	@echo "make bench-aggregation  cold/warm aggregated reads at 100 ms bank latency + categorisation throughput"
 	@echo "make bench-bulk  bulk acceptance time (1,000 items) and initiation throughput at 100 ms bank latency, cap 50/s"
 	@echo "make test-bulk  the bulk payment e2e with 1,000 items, faults and duplicated messages"
+	@echo "make test-web   the demo web app in headless Chromium (installed with apt-get when missing)"
 	@echo "make package  cargo-lambda build of every function (PACKAGE_ARCH=arm64|x86-64)"
 
 setup:
@@ -83,3 +84,10 @@ lint-template: setup
 test: setup fmt-check lint-template clippy aws-up
 	cargo build --workspace --bins
 	@$(LOCAL_ENV) cargo test --workspace --all-targets
+	@$(MAKE) --no-print-directory test-web
+
+# The demo web app end to end in Debian's Chromium (playwright-core from web/package-lock.json);
+# starts its own local AWS, sandbox bank and local runtime on free ports.
+.PHONY: test-web
+test-web: setup
+	@bash scripts/test-web.sh

@@ -55,6 +55,7 @@ fi
 TOKEN="$(./target/debug/local-token demo)"
 cat <<MSG
 
+  demo web app:         http://127.0.0.1:$PORT/   (open it in a browser)
   API (local runtime):  http://127.0.0.1:$PORT
   sandbox bank:         $SANDBOX_BANK_URL   (lt-alpha, lv-baltija, ee-pohja)
   local AWS:            $AWS_ENDPOINT_URL

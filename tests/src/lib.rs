@@ -282,6 +282,7 @@ impl Runtime {
                 time_scale: 1.0,
                 max_instances: 2,
                 sqs_poll_wait: Duration::ZERO,
+                web_root: Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/app")),
             },
         )
         .await

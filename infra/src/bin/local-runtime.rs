@@ -4,8 +4,10 @@
 //! (`openbank-local`), `PORT` (3000), `LOCAL_JWT_SECRET` (`local-dev-secret`),
 //! `LOCAL_TIME_SCALE` (1.0; 60 makes an hour pass in a minute for schedules),
 //! `LOCAL_MAX_INSTANCES` (4 processes per function), `LOCAL_BIN_DIR` (the workspace's
-//! `target/debug`), plus the standard AWS variables (`AWS_ENDPOINT_URL`, ...), which the
-//! functions inherit.
+//! `target/debug`), `WEB_ROOT` (the demo web app, default the repository's `web/app`),
+//! `PUBLIC_BASE_URL` (`http://127.0.0.1:$PORT`: where the banks send the browser back) and
+//! `REDIRECT_ALLOW_LIST` (`http://127.0.0.1:$PORT,http://localhost:$PORT`), plus the
+//! standard AWS variables (`AWS_ENDPOINT_URL`, ...), which the functions inherit.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,9 +50,15 @@ async fn main() -> anyhow::Result<()> {
         .context(
             "provisioning local AWS from the template (is local AWS running? `make aws-up`)",
         )?;
+    let port: u16 = env_or("PORT", 3000)?;
     let mut ctx = infra::provision::resolve_context(&sdk, &stack);
     ctx.parameters
         .extend(infra::local_runtime::app::local_parameters());
+    ctx.parameters
+        .extend(infra::local_runtime::app::public_url_parameters(
+            port,
+            |name| std::env::var(name).ok(),
+        ));
     ctx.deployed = provisioned.deployed(&ctx.region, &ctx.account_id);
 
     let bin_dir = std::env::var_os("LOCAL_BIN_DIR")
@@ -62,7 +70,10 @@ async fn main() -> anyhow::Result<()> {
         bail!("function binaries are not built: {missing:?}; run `cargo build --workspace --bins`");
     }
 
-    let port: u16 = env_or("PORT", 3000)?;
+    let web_root = std::env::var_os("WEB_ROOT")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../web/app"));
     let options = RuntimeOptions {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         jwt_secret: infra::local_runtime::jwt::secret_from_env(),
@@ -71,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         // Short receives by default (see `SqsMapping::poll_wait`); LocalStack or AWS users
         // may prefer long polls.
         sqs_poll_wait: Duration::from_millis(env_or("LOCAL_SQS_POLL_WAIT_MS", 0)?),
+        web_root: Some(web_root),
     };
     let routes = plan.routes.len();
     let queues = plan.queues.len();
@@ -89,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
     );
     eprintln!(
         "\nlocal runtime: http://{addr}  ({routes} routes, {queues} queue mappings, {schedules} schedules)\n\
+         demo web app:  http://{addr}/\n\
          plan:          curl http://{addr}/__local/plan\n\
          fire schedule: curl -X POST http://{addr}/__local/schedules/<Function.Event>/fire\n",
         addr = runtime.addr

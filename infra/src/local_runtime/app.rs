@@ -103,6 +103,26 @@ pub fn local_parameters() -> BTreeMap<String, String> {
     ])
 }
 
+/// The template parameters that name the public URL of the API for a runtime on `port`:
+/// `PublicBaseUrl` (where the banks send the browser back, `PUBLIC_BASE_URL` or
+/// `http://127.0.0.1:{port}`) and `RedirectAllowList` (`REDIRECT_ALLOW_LIST` or the
+/// runtime's own origins). The template's defaults name port 3000 only.
+pub fn public_url_parameters(
+    port: u16,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, String> {
+    let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+    let base = set("PUBLIC_BASE_URL")
+        .map(|v| v.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
+    let allow = set("REDIRECT_ALLOW_LIST")
+        .unwrap_or_else(|| format!("http://127.0.0.1:{port},http://localhost:{port}"));
+    BTreeMap::from([
+        ("PublicBaseUrl".to_owned(), base),
+        ("RedirectAllowList".to_owned(), allow),
+    ])
+}
+
 /// Lambda's default for SQS event source mappings without ScalingConfig is "as many as
 /// needed"; locally we cap it.
 const DEFAULT_SQS_CONCURRENCY: u32 = 2;
@@ -211,6 +231,9 @@ pub struct RuntimeOptions {
     pub time_scale: f64,
     pub max_instances: usize,
     pub sqs_poll_wait: Duration,
+    /// The demo web app's folder (`web/app`), served where no API route answers, with
+    /// `POST /__local/token`; `None` serves neither.
+    pub web_root: Option<PathBuf>,
 }
 
 /// A running local runtime.
@@ -326,6 +349,18 @@ pub async fn start(
         },
         invoker,
     );
+    let web = options.web_root.as_deref().and_then(|folder| {
+        match super::web::WebRoot::new(folder, plan.routes.iter().map(|r| r.path.as_str())) {
+            Ok(web) => Some(web),
+            Err(e) => {
+                tracing::warn!(folder = %folder.display(), error = %e, "not serving the web app");
+                None
+            }
+        }
+    });
+    let token = web
+        .as_ref()
+        .map(|_| super::web::token_router(options.jwt_secret.clone()));
     let admin = axum::Router::new()
         .route("/__local/plan", get(admin_plan))
         .route("/__local/functions", get(admin_functions))
@@ -336,7 +371,11 @@ pub async fn start(
             host: host.clone(),
             plan: Arc::new(plan),
         });
-    let app = admin.merge(api);
+    let admin = match token {
+        Some(token) => admin.merge(token),
+        None => admin,
+    };
+    let app = super::web::serve_static(admin.merge(api), web);
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .with_context(|| format!("binding {}", options.addr))?;
@@ -431,5 +470,29 @@ async fn admin_fire(
             StatusCode::BAD_GATEWAY,
             Json(serde_json::json!({"schedule": name, "error": e.to_string()})),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_url_parameters_follow_the_port_unless_told() {
+        let p = public_url_parameters(3100, |_| None);
+        assert_eq!(p["PublicBaseUrl"], "http://127.0.0.1:3100");
+        assert_eq!(
+            p["RedirectAllowList"],
+            "http://127.0.0.1:3100,http://localhost:3100"
+        );
+        let p = public_url_parameters(3100, |name| match name {
+            "PUBLIC_BASE_URL" => Some("https://api.example/".to_owned()),
+            "REDIRECT_ALLOW_LIST" => Some("https://app.example".to_owned()),
+            _ => None,
+        });
+        assert_eq!(p["PublicBaseUrl"], "https://api.example");
+        assert_eq!(p["RedirectAllowList"], "https://app.example");
+        let p = public_url_parameters(3000, |_| Some(" ".to_owned()));
+        assert_eq!(p["PublicBaseUrl"], "http://127.0.0.1:3000");
     }
 }

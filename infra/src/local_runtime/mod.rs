@@ -5,7 +5,8 @@
 //! - [`lambda`]: the Lambda Runtime API, one process pool per function;
 //! - [`http_api`]: API Gateway HTTP API (payload format 2.0) with the JWT authorizer;
 //! - [`sqs`]: SQS event source mappings (batches, `ReportBatchItemFailures`, redrive);
-//! - [`schedule`]: EventBridge schedules (rate/cron), fire-now and a time scale.
+//! - [`schedule`]: EventBridge schedules (rate/cron), fire-now and a time scale;
+//! - [`web`]: the demo web app's static files and a local sign-in token route.
 
 pub mod app;
 pub mod http_api;
@@ -13,6 +14,7 @@ pub mod jwt;
 pub mod lambda;
 pub mod schedule;
 pub mod sqs;
+pub mod web;
 
 use async_trait::async_trait;
 use serde_json::Value;
