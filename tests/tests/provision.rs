@@ -99,11 +99,25 @@ async fn check(
     )
     .await?;
 
-    check_source_queue(sdk, provisioned, "PaymentStatusQueue", "PaymentStatusDLQ").await?;
-    check_source_queue(sdk, provisioned, "BulkPaymentQueue", "BulkPaymentDLQ").await?;
+    check_source_queue(
+        sdk,
+        provisioned,
+        "PaymentStatusQueue",
+        "PaymentStatusDLQ",
+        "180",
+    )
+    .await?;
+    check_source_queue(
+        sdk,
+        provisioned,
+        "BulkPaymentQueue",
+        "BulkPaymentDLQ",
+        "360",
+    )
+    .await?;
     check_dlq(sdk, provisioned, "PaymentStatusDLQ").await?;
     check_dlq(sdk, provisioned, "BulkPaymentDLQ").await?;
-    check_source_queue(sdk, provisioned, "WebhookQueue", "WebhookDLQ").await?;
+    check_source_queue(sdk, provisioned, "WebhookQueue", "WebhookDLQ", "180").await?;
     check_dlq(sdk, provisioned, "WebhookDLQ").await?;
 
     // Re-running finds everything and changes nothing.
@@ -115,7 +129,7 @@ async fn check(
         "re-provision differs:\n{again:#?}\nvs\n{provisioned:#?}"
     );
     check_table(sdk, again.table("ConsentsTable"), CONSENT_INDEXES).await?;
-    check_source_queue(sdk, &again, "PaymentStatusQueue", "PaymentStatusDLQ").await?;
+    check_source_queue(sdk, &again, "PaymentStatusQueue", "PaymentStatusDLQ", "180").await?;
     Ok(())
 }
 
@@ -229,6 +243,7 @@ async fn check_source_queue(
     provisioned: &Provisioned,
     queue_id: &str,
     dlq_id: &str,
+    visibility_timeout: &str,
 ) -> anyhow::Result<()> {
     let queue = provisioned.queue(queue_id);
     let attributes = queue_attributes(sdk, &queue.url).await?;
@@ -239,7 +254,7 @@ async fn check_source_queue(
         "{queue_id}: arn"
     );
     ensure!(
-        get(QueueAttributeName::VisibilityTimeout) == Some("180"),
+        get(QueueAttributeName::VisibilityTimeout) == Some(visibility_timeout),
         "{queue_id}: {attributes:?}"
     );
     ensure!(

@@ -137,6 +137,58 @@ async fn busiest_second(w: &Bundle) -> anyhow::Result<usize> {
     Ok(per_second.values().copied().max().unwrap_or(0))
 }
 
+/// What one SendMessage costs local AWS now: to the status queue (which holds every
+/// item's delayed first poll) and to a new empty queue (median of 10 each), and how many
+/// delayed messages the status queue holds. moto's SendMessage grows with the messages a
+/// queue holds, and every item sends one there.
+async fn local_aws_send_cost(w: &Bundle) -> anyhow::Result<(Duration, Duration, String)> {
+    let sqs = w.rt.local.sqs();
+    let status =
+        w.rt.local
+            .resources
+            .queue_url("PaymentStatusQueue")
+            .to_owned();
+    let delayed = sqs
+        .get_queue_attributes()
+        .queue_url(&status)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await?
+        .attributes
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+                .cloned()
+        })
+        .unwrap_or_else(|| "?".into());
+    let empty = sqs
+        .create_queue()
+        .queue_name(format!("bench-bulk-empty-{}", std::process::id()))
+        .send()
+        .await?
+        .queue_url
+        .context("queue url")?;
+    let mut median = Vec::new();
+    for url in [&status, &empty] {
+        let mut times = Vec::new();
+        for _ in 0..10 {
+            let started = Instant::now();
+            // Not a poll message the poller would act on (malformed: dropped), and delayed
+            // past the end of the run.
+            sqs.send_message()
+                .queue_url(url)
+                .message_body("{\"bench\":true}")
+                .delay_seconds(900)
+                .send()
+                .await?;
+            times.push(started.elapsed());
+        }
+        times.sort();
+        median.push(times[times.len() / 2]);
+    }
+    sqs.delete_queue().queue_url(&empty).send().await?;
+    Ok((median[0], median[1], delayed))
+}
+
 /// The seed's approach: one initiation at a time through the same connector and latency.
 async fn one_at_a_time(w: &Bundle, n: usize) -> anyhow::Result<f64> {
     let bank = w.sandbox.bank(BANK);
@@ -267,6 +319,8 @@ async fn run(
     let initiations = w.payment_initiations(BANK).await - before;
     let busiest = busiest_second(w).await?;
 
+    let (sends_here, sends_empty, delayed) = local_aws_send_cost(w).await?;
+
     eprintln!("one payment at a time ({naive_items} items)");
     let naive = one_at_a_time(w, naive_items).await?;
 
@@ -298,6 +352,11 @@ async fn run(
     println!(
         "| seed's approach: one payment at a time, same latency | {naive:.1} /s | | ratio {:.1}× |",
         sustained / naive
+    );
+    println!(
+        "| local AWS: one SendMessage to the status queue ({delayed} delayed polls) / to an empty queue | {:.1} ms / {:.1} ms | | |",
+        sends_here.as_secs_f64() * 1000.0,
+        sends_empty.as_secs_f64() * 1000.0
     );
     ensure!(
         initiations == items,
