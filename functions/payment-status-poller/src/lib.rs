@@ -1,5 +1,6 @@
 //! The payment status poller (SQS `PaymentStatusQueue`, `ReportBatchItemFailures`). Each
-//! message names a payment and the generation of its polling chain; the service asks the
+//! message names a payment and the generation of its polling chain (or, for the first
+//! polls of a bulk chunk's items, a group of those, handled ten at a time); the service asks the
 //! bank, records any change, notifies on a final status and queues the next poll with the
 //! schedule's delay (`shared::services::payments`). Stale and duplicate messages are
 //! dropped by the generation check. A store or queue failure reports the message failed,
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use aws_lambda_events::sqs::SqsEvent;
 use serde_json::{Value, json};
-use shared::services::payments::{Payments, PollMessage};
+use shared::services::payments::{Payments, PollWork};
 use tokio::task::JoinSet;
 
 /// One SQS batch, processed in parallel; answers the messages to redeliver.
@@ -20,9 +21,26 @@ pub async fn handle(service: &Arc<Payments>, event: SqsEvent) -> Value {
         tasks.spawn(async move {
             let id = record.message_id.clone().unwrap_or_default();
             let body = record.body.as_deref().unwrap_or_default();
-            let Ok(message) = serde_json::from_str::<PollMessage>(body) else {
+            let Ok(work) = serde_json::from_str::<PollWork>(body) else {
                 tracing::error!(message_id = %id, "malformed poll message dropped");
                 return (id, true);
+            };
+            let message = match work {
+                PollWork::One(message) => message,
+                PollWork::Group(group) => {
+                    return match service.poll_group(&group).await {
+                        Ok(handled) => {
+                            tracing::info!(polls = handled, "poll group handled");
+                            (id, true)
+                        }
+                        Err(e) => {
+                            tracing::warn!(polls = group.polls.len(),
+                                error = %shared::services::log_text(&e),
+                                "poll group failed; redelivered later");
+                            (id, false)
+                        }
+                    };
+                }
             };
             match service.poll(&message).await {
                 Ok(outcome) => {

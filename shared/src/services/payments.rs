@@ -185,6 +185,31 @@ pub struct Payments {
     rate_pool: super::rate_pool::RatePool,
 }
 
+/// Who sends the first message of a payment's poll chain when its initiation is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChainStart {
+    /// The write that records the bank's answer (before it).
+    Send,
+    /// The caller, after the write (a bulk chunk, for all its items in one message; the
+    /// chunk's own message brings the items back if that send is lost).
+    ByCaller,
+}
+
+/// Several poll messages in one: the first polls of a bulk chunk's items.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PollGroup {
+    pub polls: Vec<PollMessage>,
+}
+
+/// Any message of the payment status queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PollWork {
+    One(PollMessage),
+    Group(PollGroup),
+}
+
 /// The poll message: which payment, and which generation of its chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -195,7 +220,7 @@ pub struct PollMessage {
 }
 
 /// What one poll message did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PollOutcome {
     /// Not the live message (duplicate, stale or late), or nothing left to do: dropped.
@@ -452,11 +477,22 @@ impl Payments {
     /// the initiation lease) and records the answer. Transient failures are recorded as
     /// retryable and returned; permanent refusals are recorded and answered.
     async fn initiate_at_bank(&self, record: PaymentRecord) -> Result<PaymentRecord, ServiceError> {
+        self.initiate_at_bank_with(record, ChainStart::Send).await
+    }
+
+    /// [`Self::initiate_at_bank`]; with [`ChainStart::ByCaller`] a payment that has no
+    /// poll chain yet is recorded as having one and the caller sends its first message
+    /// (in a [`PollGroup`] with others).
+    async fn initiate_at_bank_with(
+        &self,
+        record: PaymentRecord,
+        chain: ChainStart,
+    ) -> Result<PaymentRecord, ServiceError> {
         let connector = self.connector(&record.bank_id)?;
         let initiation = self.initiation(&record);
         let answer = connector.initiate_payment(&initiation).await;
         match answer {
-            Ok(initiated) => self.record_initiated(record, initiated).await,
+            Ok(initiated) => self.record_initiated(record, initiated, chain).await,
             Err(e) => {
                 warn!(payment_id = %record.payment_id, bank_id = %record.bank_id, code = e.code(),
                     "the bank did not accept the initiation");
@@ -510,6 +546,7 @@ impl Payments {
         &self,
         mut record: PaymentRecord,
         initiated: PaymentInitiated,
+        chain: ChainStart,
     ) -> Result<PaymentRecord, ServiceError> {
         for _ in 0..4 {
             if record.bank_payment_id.is_some() {
@@ -536,7 +573,9 @@ impl Payments {
                     next.poll.started_at = Some(now);
                     next.poll.errors = 0;
                 }
-                self.send_poll(&next, self.first_poll_delay(&next)).await?;
+                if chain == ChainStart::Send {
+                    self.send_poll(&next, self.first_poll_delay(&next)).await?;
+                }
                 next.poll.sent = true;
                 next.poll.stopped = false;
             }
@@ -1189,6 +1228,35 @@ impl Payments {
     }
 
     // ---- status polling ----------------------------------------------------------------
+
+    /// Handles a group of poll messages, ten at a time; answers how many.
+    ///
+    /// # Errors
+    /// The first failure of any of them, after all were tried: the group is then retried
+    /// by the queue, and the generation check drops the ones handled now.
+    pub async fn poll_group(&self, group: &PollGroup) -> Result<usize, ServiceError> {
+        use futures::StreamExt as _;
+        let polls: Vec<_> = group.polls.iter().map(|m| self.poll(m)).collect();
+        let results: Vec<Result<PollOutcome, ServiceError>> = futures::stream::iter(polls)
+            .buffer_unordered(10)
+            .collect()
+            .await;
+        let mut first_error = None;
+        let mut handled = 0;
+        for result in results {
+            match result {
+                Ok(_) => handled += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            // The group comes again; the payments handled now find their message stale.
+            Some(e) => Err(e),
+            None => Ok(handled),
+        }
+    }
 
     /// Handles one poll message (module docs: one live chain, generation check).
     ///

@@ -340,10 +340,36 @@ impl Payments {
             .into_iter()
             .zip(stored)
             .partition(|(_, stored)| *stored);
-        let mut later: Vec<(PaymentRecord, StdDuration)> = existing
-            .into_iter()
-            .map(|(record, _)| (record, StdDuration::ZERO))
-            .collect();
+        // Items of a redelivered chunk: those not at the bank yet get an item message; the
+        // chains of those that are get their first message again (a same-generation
+        // duplicate if it went out already, dropped by the poller), in case the crash came
+        // between their writes and the group below.
+        let mut later: Vec<(PaymentRecord, StdDuration)> = Vec::new();
+        let mut chains: Vec<PaymentRecord> = Vec::new();
+        if !existing.is_empty() {
+            let reads: Vec<_> = existing
+                .iter()
+                .map(|(p, _)| self.payments.get(&p.user_id, &p.payment_id))
+                .collect();
+            let current: Vec<Result<Option<PaymentRecord>, StoreError>> =
+                futures::stream::iter(reads).buffered(16).collect().await;
+            for ((asked, _), now) in existing.into_iter().zip(current) {
+                match now? {
+                    Some(p) if p.bank_payment_id.is_some() => {
+                        if p.is_final() || p.poll.gave_up {
+                            // Nothing to follow.
+                        } else if p.poll.sent {
+                            chains.push(p);
+                        } else {
+                            // Its item message starts the chain (`ensure_sent`).
+                            later.push((p, StdDuration::ZERO));
+                        }
+                    }
+                    Some(p) => later.push((p, StdDuration::ZERO)),
+                    None => later.push((asked, StdDuration::ZERO)),
+                }
+            }
+        }
         use futures::StreamExt as _;
         let attempts: Vec<_> = fresh
             .into_iter()
@@ -356,10 +382,20 @@ impl Payments {
         let mut initiated = 0usize;
         for (record, retry) in outcomes {
             match retry {
-                None => initiated += 1,
+                None => {
+                    initiated += 1;
+                    if record.bank_payment_id.is_some()
+                        && record.poll.sent
+                        && !record.is_final()
+                        && !record.poll.gave_up
+                    {
+                        chains.push(record);
+                    }
+                }
                 Some(delay) => later.push((record, delay)),
             }
         }
+        self.start_chains(&chains).await?;
         if !later.is_empty() {
             let messages: Vec<OutgoingMessage> = later
                 .iter()
@@ -389,6 +425,35 @@ impl Payments {
         Ok(BulkOutcome::Done)
     }
 
+    /// The first poll messages of `records`' chains, in groups of up to 100 per delay (one
+    /// status queue message per chunk instead of one per item).
+    async fn start_chains(&self, records: &[PaymentRecord]) -> Result<(), ServiceError> {
+        let mut by_delay: BTreeMap<StdDuration, Vec<PollMessage>> = BTreeMap::new();
+        for p in records {
+            by_delay
+                .entry(self.first_poll_delay(p))
+                .or_default()
+                .push(PollMessage {
+                    user_id: p.user_id.clone(),
+                    payment_id: p.payment_id.clone(),
+                    generation: p.poll.generation,
+                });
+        }
+        for (delay, polls) in by_delay {
+            for chunk in polls.chunks(BATCH_CHUNK_ITEMS) {
+                let body = serde_json::to_string(&PollWork::Group(PollGroup {
+                    polls: chunk.to_vec(),
+                }))
+                .expect("poll groups serialise");
+                self.status_queue
+                    .send(&body, delay)
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("payment status queue: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
     /// One item just stored by [`Self::expand_chunk`]: a rate slot, the claim, the bank.
     /// Answers the record and, unless the bank has settled it either way, the delay after
     /// which its item message should come.
@@ -416,7 +481,10 @@ impl Payments {
             // Someone else has it (a duplicate chunk message): the item path sorts it out.
             Err(_) => return (record, Some(StdDuration::ZERO)),
         };
-        match self.initiate_at_bank(claimed.clone()).await {
+        match self
+            .initiate_at_bank_with(claimed.clone(), ChainStart::ByCaller)
+            .await
+        {
             Ok(saved) => (saved, None),
             Err(ServiceError::Bank(BankError::AccessExceeded { retry_after })) => (
                 claimed,

@@ -288,13 +288,22 @@ impl IdempotencyStore for MemKeys {
 struct DelayQueue(Mutex<Vec<(String, StdDuration)>>);
 
 impl DelayQueue {
+    /// Every poll message queued (groups flattened), with its delay.
     fn take(&self) -> Vec<(PollMessage, StdDuration)> {
         self.0
             .lock()
             .unwrap()
             .drain(..)
-            .map(|(body, delay)| (serde_json::from_str(&body).unwrap(), delay))
+            .flat_map(|(body, delay)| match serde_json::from_str(&body).unwrap() {
+                PollWork::One(m) => vec![(m, delay)],
+                PollWork::Group(g) => g.polls.into_iter().map(|m| (m, delay)).collect(),
+            })
             .collect()
+    }
+
+    /// How many queue messages are waiting (a group counts once).
+    fn sent(&self) -> usize {
+        self.0.lock().unwrap().len()
     }
 }
 
@@ -1464,13 +1473,26 @@ async fn acceptance_fans_out_in_chunks_and_a_redelivered_chunk_resets_nothing() 
     assert_eq!(view.counts.values().sum::<u32>(), 250);
     assert!(!view.done);
 
-    // Chunk 0 stores its 100 items and initiates them itself: no item message.
+    // Chunk 0 stores its 100 items and initiates them itself: no item message, and one
+    // status queue message starts the 100 chains, after the batch SCA wait.
     h.svc.expand_chunk(&chunks[0]).await.unwrap();
     assert!(h.bulk_work().is_empty());
     assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 100);
     let first = h.payments.all();
     assert_eq!(first.len(), 100);
-    assert!(first.iter().all(|p| p.bank_payment_id.is_some()));
+    assert!(
+        first
+            .iter()
+            .all(|p| p.bank_payment_id.is_some() && p.poll.sent)
+    );
+    assert_eq!(h.queue.sent(), 1, "one group");
+    let chains = h.queue.take();
+    assert_eq!(chains.len(), 100);
+    assert!(
+        chains
+            .iter()
+            .all(|(_, delay)| *delay == h.svc.config.batch_sca_wait)
+    );
     // A crash before the chunk was marked expanded: its message comes again. The items
     // exist: none is rewritten, each gets an item message, and those find them initiated.
     {
@@ -1484,14 +1506,19 @@ async fn acceptance_fans_out_in_chunks_and_a_redelivered_chunk_resets_nothing() 
         h.payments.all().iter().all(|p| first.contains(p)),
         "no item was rewritten"
     );
-    let resent = h.bulk_messages().await;
-    assert_eq!(resent.len(), 100);
-    for m in &resent {
-        assert_eq!(
-            h.svc.process_item(m, 1, 5).await.unwrap(),
-            bulk::BulkOutcome::Done
-        );
+    // They are all at the bank: no item message, their chains' first messages again (in
+    // case the group was lost); of each pair, one goes on and the other is dropped.
+    assert!(h.bulk_work().is_empty());
+    assert_eq!(h.queue.sent(), 1, "one group");
+    let again = h.queue.take();
+    assert_eq!(again.len(), 100);
+    let mut outcomes: HashMap<PollOutcome, usize> = HashMap::new();
+    for (m, _) in chains.iter().chain(&again) {
+        *outcomes.entry(h.svc.poll(m).await.unwrap()).or_default() += 1;
     }
+    assert_eq!(outcomes[&PollOutcome::Continued], 100, "{outcomes:?}");
+    assert_eq!(outcomes[&PollOutcome::Dropped], 100, "{outcomes:?}");
+    assert_eq!(h.queue.take().len(), 100, "one live chain each");
     // The same chunk once more, now marked: nothing is sent.
     h.svc.expand_chunk(&chunks[0]).await.unwrap();
     assert!(h.bulk_work().is_empty());
@@ -1507,7 +1534,9 @@ async fn acceptance_fans_out_in_chunks_and_a_redelivered_chunk_resets_nothing() 
         .get_batch(&alice(), &batch_id, &HashMap::new())
         .await
         .unwrap();
-    assert_eq!(view.counts["awaiting_authorisation"], 250);
+    // Chunk 0's items were polled once (the bank says ACSP), the others not yet.
+    assert_eq!(view.counts["awaiting_authorisation"], 150);
+    assert_eq!(view.counts["in_progress"], 100);
     assert_eq!(view.counts.values().sum::<u32>(), 250);
     let indexes: Vec<u32> = h
         .payments
