@@ -1179,10 +1179,7 @@ impl Connections {
 
     /// Checks the whole body and reports every bad field at once.
     fn validate_connect(&self, body: &[u8]) -> Result<ConnectRequest<'_>, ServiceError> {
-        let body = match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(map)) => map,
-            _ => return Err(ServiceError::field("body", "must be a JSON object")),
-        };
+        let body = super::body::json_object(body)?;
         let mut errors = Vec::new();
         let mut fail = |field: &str, message: String| {
             errors.push(FieldError {
