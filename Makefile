@@ -14,7 +14,7 @@ LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
 SANDBOX_ADDR ?= 127.0.0.1:8080
 STACK_NAME ?= openbank-local
 
-.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation test-bulk token test fmt-check clippy lint-template fmt
+.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation test-bulk fuzz fuzz-short token test fmt-check clippy lint-template fmt
 
 help:
 	@echo "make up     run the bundle locally: local AWS, template.yaml resources, sandbox bank, local runtime on :3000"
@@ -24,6 +24,8 @@ help:
 	@echo "make bench  release build + per-function size, cold start, latency, memory; then bench-aggregation"
 	@echo "make bench-aggregation  cold/warm aggregated reads at 100 ms bank latency + categorisation throughput"
 	@echo "make test-bulk  the bulk payment e2e with 1,000 items, faults and duplicated messages"
+	@echo "make fuzz   schemathesis over docs/openapi.yaml against the local runtime: >= 5,000 requests, no 5xx"
+	@echo "make fuzz-short  the same in a few hundred requests (part of make test)"
 	@echo "make package  cargo-lambda build of every function (PACKAGE_ARCH=arm64|x86-64)"
 
 setup:
@@ -60,6 +62,13 @@ test-bulk: aws-up
 	cargo build --workspace --bins
 	@$(LOCAL_ENV) BULK_E2E_ITEMS=1000 cargo test -p integration-tests --test bulk_e2e -- --nocapture
 
+# Property-based fuzzing of the public API (schemathesis, from docs/openapi.yaml).
+fuzz: setup
+	@bash scripts/fuzz.sh
+
+fuzz-short: setup
+	@bash scripts/fuzz.sh --short
+
 token:
 	@cargo run -q -p infra --bin local-token -- $${USER_NAME:-demo}
 
@@ -78,3 +87,4 @@ lint-template: setup
 test: setup fmt-check lint-template clippy aws-up
 	cargo build --workspace --bins
 	@$(LOCAL_ENV) cargo test --workspace --all-targets
+	@$(LOCAL_ENV) bash scripts/fuzz.sh --short
