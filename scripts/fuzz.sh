@@ -39,7 +39,7 @@ if [ "$mode" = short ]; then
   min_requests="${FUZZ_MIN_REQUESTS:-300}"
   seed="${FUZZ_SEED:-20261201}"
 else
-  examples="${FUZZ_EXAMPLES:-500}"
+  examples="${FUZZ_EXAMPLES:-400}"
   min_requests="${FUZZ_MIN_REQUESTS:-5000}"
   seed="${FUZZ_SEED:-}"
 fi
