@@ -45,6 +45,8 @@ struct Case {
     path: String,
     headers: Vec<(&'static str, Vec<u8>)>,
     body: Option<Vec<u8>>,
+    /// Sent with the caller's valid token (else only what `headers` says).
+    token: bool,
     expect: Expect,
 }
 
@@ -56,6 +58,7 @@ fn case(name: impl Into<String>, method: &'static str, route: &'static str) -> C
         path: route.to_owned(),
         headers: vec![],
         body: None,
+        token: true,
         expect: Expect::Problem(400, None),
     }
 }
@@ -73,6 +76,10 @@ impl Case {
         self.headers
             .push(("content-type", b"application/json".to_vec()));
         self.body = Some(body.into());
+        self
+    }
+    fn without_token(mut self) -> Self {
+        self.token = false;
         self
     }
     fn expect(mut self, expect: Expect) -> Self {
@@ -616,6 +623,57 @@ fn cases() -> Vec<Case> {
         }
     }
 
+    // ---- the token itself: API Gateway's authorizer answers, as the spec documents -------
+    for (method, route, path) in [
+        ("POST", "/v1/connections", "/v1/connections".to_owned()),
+        ("POST", "/v1/payments", "/v1/payments".to_owned()),
+        (
+            "POST",
+            "/v1/payment-batches",
+            "/v1/payment-batches".to_owned(),
+        ),
+        (
+            "GET",
+            "/v1/transactions",
+            "/v1/transactions?limit=1".to_owned(),
+        ),
+        (
+            "DELETE",
+            "/v1/connections/{id}",
+            format!("/v1/connections/{}", uuid::Uuid::nil()),
+        ),
+    ] {
+        for (name, authorization) in [
+            ("no token", None),
+            (
+                "SQL injection as token",
+                Some("Bearer ' OR 1=1 --".to_owned()),
+            ),
+            (
+                "NoSQL operator as token",
+                Some("Bearer {\"$gt\":\"\"}".to_owned()),
+            ),
+            (
+                "10,000-character token",
+                Some(format!("Bearer {}", "a".repeat(10_000))),
+            ),
+        ] {
+            let mut c = case(format!("{method} {route}: {name}"), method, route)
+                .path(path.clone())
+                .without_token()
+                .expect(Expect::Gateway(401));
+            if let Some(authorization) = authorization {
+                c = c.header("authorization", authorization);
+            }
+            if method == "POST" {
+                c = c
+                    .header("idempotency-key", "hostile-no-token")
+                    .json(payment(json!({})).to_string());
+            }
+            cases.push(c);
+        }
+    }
+
     // ---- the SCA callback's state ------------------------------------------------------
     for (name, state) in [
         ("traversal", "..%2F..%2Fetc%2Fpasswd".to_owned()),
@@ -768,7 +826,10 @@ async fn hostile_input_is_refused_cleanly_and_changes_nothing() {
     for c in &all {
         let path = c.path.replace("{batch}", &batch_id);
         let method = Method::from_bytes(c.method.as_bytes()).unwrap();
-        let mut request = w.http.request(method, w.rt.url(&path)).bearer_auth(&token);
+        let mut request = w.http.request(method, w.rt.url(&path));
+        if c.token {
+            request = request.bearer_auth(&token);
+        }
         for (name, value) in &c.headers {
             let value = reqwest::header::HeaderValue::from_bytes(value).unwrap();
             request = request.header(*name, value);
