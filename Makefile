@@ -14,7 +14,7 @@ LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
 SANDBOX_ADDR ?= 127.0.0.1:8080
 STACK_NAME ?= openbank-local
 
-.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation bench-bulk test-bulk token test fmt-check clippy lint-template fmt
+.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation bench-bulk test-bulk fuzz fuzz-short token test fmt-check clippy lint-template fmt
 
 help:
 	@echo "make up     run the bundle locally: local AWS, template.yaml resources, sandbox bank, local runtime on :3000"
@@ -26,6 +26,8 @@ help:
 	@echo "make bench-bulk  bulk acceptance time (1,000 items) and initiation throughput at 100 ms bank latency, cap 50/s"
 	@echo "make test-bulk  the bulk payment e2e with 1,000 items, faults and duplicated messages"
 	@echo "make test-web   the demo web app in headless Chromium (installed with apt-get when missing)"
+	@echo "make fuzz   schemathesis over docs/openapi.yaml against the local runtime: >= 5,000 requests, no 5xx"
+	@echo "make fuzz-short  the same in a few hundred requests (part of make test)"
 	@echo "make package  cargo-lambda build of every function (PACKAGE_ARCH=arm64|x86-64)"
 
 setup:
@@ -66,6 +68,13 @@ test-bulk: aws-up
 	cargo build --workspace --bins
 	@$(LOCAL_ENV) BULK_E2E_ITEMS=1000 cargo test -p integration-tests --test bulk_e2e -- --nocapture
 
+# Property-based fuzzing of the public API (schemathesis, from docs/openapi.yaml).
+fuzz: setup
+	@bash scripts/fuzz.sh
+
+fuzz-short: setup
+	@bash scripts/fuzz.sh --short
+
 token:
 	@cargo run -q -p infra --bin local-token -- $${USER_NAME:-demo}
 
@@ -84,6 +93,7 @@ lint-template: setup
 test: setup fmt-check lint-template clippy aws-up
 	cargo build --workspace --bins
 	@$(LOCAL_ENV) cargo test --workspace --all-targets
+	@$(LOCAL_ENV) bash scripts/fuzz.sh --short
 	@$(MAKE) --no-print-directory test-web
 
 # The demo web app end to end in Debian's Chromium (playwright-core from web/package-lock.json);

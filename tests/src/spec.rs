@@ -31,7 +31,16 @@ impl Spec {
     }
 
     pub fn load() -> Spec {
-        let text = std::fs::read_to_string(Self::path()).expect("spec file");
+        Self::load_from(&Self::path())
+    }
+
+    /// Our own public API: docs/openapi.yaml.
+    pub fn openapi() -> Spec {
+        Self::load_from(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.yaml"))
+    }
+
+    pub fn load_from(path: &std::path::Path) -> Spec {
+        let text = std::fs::read_to_string(path).expect("spec file");
         let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("spec yaml");
         let doc = serde_json::to_value(yaml).expect("spec as json");
         Spec { doc }
@@ -161,6 +170,64 @@ impl Spec {
             }
         } else if request.body.is_some() {
             problems.push(format!("{here}: the operation takes no body"));
+        }
+        problems
+    }
+
+    /// Everything in a response to `method path` that the spec does not document: the
+    /// status, the content type and (for JSON) the body against the schema. Empty when it
+    /// conforms.
+    pub fn check_response(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Vec<String> {
+        let Some((template, _, _, op)) = self.find_operation(method, path) else {
+            return vec![format!("{method} {path} is not an operation of the spec")];
+        };
+        let here = format!("{method} {template} → {status}");
+        let responses = &op["responses"];
+        let class = format!("{}XX", status / 100);
+        let Some(response) = [status.to_string(), class, "default".to_owned()]
+            .iter()
+            .find_map(|key| responses.get(key.as_str()))
+        else {
+            return vec![format!("{here}: status not documented")];
+        };
+        let response = self.resolve(response);
+        let Some(content) = response.get("content").and_then(Value::as_object) else {
+            return if body.is_empty() {
+                vec![]
+            } else {
+                vec![format!(
+                    "{here}: documented without a body, got {} bytes",
+                    body.len()
+                )]
+            };
+        };
+        let media = content_type
+            .and_then(|c| c.split(';').next())
+            .map(|c| c.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let Some(documented) = content.get(&media) else {
+            let known: Vec<&String> = content.keys().collect();
+            return vec![format!(
+                "{here}: content type {media:?}, documented {known:?}"
+            )];
+        };
+        let mut problems = Vec::new();
+        if media.ends_with("json") {
+            match serde_json::from_slice::<Value>(body) {
+                Ok(value) => {
+                    if let Some(schema) = documented.get("schema") {
+                        self.validate(&value, schema, &format!("{here} body"), &mut problems);
+                    }
+                }
+                Err(e) => problems.push(format!("{here}: the body is not JSON ({e})")),
+            }
         }
         problems
     }

@@ -171,6 +171,10 @@ impl ConnectionsConfig {
         if text.len() > MAX_REDIRECT_URL_LEN {
             return Err(format!("must be at most {MAX_REDIRECT_URL_LEN} characters"));
         }
+        // A URL parser drops or encodes these silently; the caller sent something else.
+        if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("must not contain spaces or control characters".into());
+        }
         match Url::parse(text) {
             Ok(url) if is_web_url(&url) => {
                 if !url.username().is_empty() || url.password().is_some() {
@@ -1179,10 +1183,7 @@ impl Connections {
 
     /// Checks the whole body and reports every bad field at once.
     fn validate_connect(&self, body: &[u8]) -> Result<ConnectRequest<'_>, ServiceError> {
-        let body = match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(map)) => map,
-            _ => return Err(ServiceError::field("body", "must be a JSON object")),
-        };
+        let body = super::body::json_object(body)?;
         let mut errors = Vec::new();
         let mut fail = |field: &str, message: String| {
             errors.push(FieldError {
@@ -2103,6 +2104,10 @@ mod tests {
             json!("not a url"),
             json!(42),
             json!("https://user:pw@app.example/"),
+            json!("https://app.example/done\u{0000}"),
+            json!("https://app.example/done\n"),
+            json!(" https://app.example/done"),
+            json!("https://app.example/do\tne"),
             json!(format!(
                 "https://app.example/{}",
                 "a".repeat(MAX_REDIRECT_URL_LEN)

@@ -2,6 +2,7 @@
 //! same in a Lambda, in the local runtime and in unit tests with in-memory doubles.
 //!
 //! - [`aggregation`]: accounts, balances, transactions and spending across all banks.
+//! - [`body`]: request bodies that must be a JSON object (errors name the field).
 //! - [`connections`]: link a bank, the SCA callback, list/get, revoke, renew now.
 //! - [`renewal`]: the daily renewal job (exactly one renewal per due consent).
 //! - [`health`]: the hourly health job (expiry, the bank's view, renewal of lapsed ones).
@@ -11,6 +12,7 @@
 //! the RFC 9457 answer of the public API without leaking internals.
 
 pub mod aggregation;
+pub mod body;
 pub mod connections;
 pub mod health;
 pub mod payments;

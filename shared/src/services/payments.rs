@@ -750,10 +750,7 @@ impl Payments {
     // ---- validation -------------------------------------------------------------------
 
     fn validate(&self, body: &[u8]) -> Result<ValidPayment, ServiceError> {
-        let body = match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(map)) => map,
-            _ => return Err(ServiceError::field("body", "must be a JSON object")),
-        };
+        let body = crate::services::body::json_object(body)?;
         let mut errors = Vec::new();
         let mut fail = |field: &str, message: String| {
             errors.push(FieldError {

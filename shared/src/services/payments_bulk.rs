@@ -902,10 +902,7 @@ impl Payments {
     // ---- validation ---------------------------------------------------------------------
 
     fn validate_batch(&self, body: &[u8]) -> Result<ValidBatch, ServiceError> {
-        let body = match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(map)) => map,
-            _ => return Err(ServiceError::field("body", "must be a JSON object")),
-        };
+        let body = crate::services::body::json_object(body)?;
         let mut errors = Vec::new();
         let mut fail = |field: String, message: String| errors.push(FieldError { field, message });
         for key in body.keys() {
