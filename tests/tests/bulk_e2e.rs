@@ -128,6 +128,7 @@ async fn run(n: usize) {
             // 2 s; the sandbox settles a payment 2 steps (2 s each) after approval.
             ("PAYMENT_POLL_SCHEDULE", "2:1800".to_owned()),
             ("PAYMENT_BATCH_SCA_WAIT_SECS", "5".to_owned()),
+            ("PAYMENT_BATCH_WATCH_SECS", "2".to_owned()),
         ],
     )
     .await;
@@ -305,6 +306,26 @@ async fn run(n: usize) {
         let item = all.iter().find(|i| i["paymentId"] == id).unwrap();
         assert_eq!(item["state"], "failed", "{item}");
     }
+    // The user is told once that the batch is done, with its totals.
+    let told_by = Instant::now() + Duration::from_secs(60);
+    let told = loop {
+        let told: Vec<Value> = w
+            .inbox("payroll")
+            .await
+            .into_iter()
+            .filter(|n| n["kind"] == "payment_batch.done")
+            .collect();
+        if !told.is_empty() || Instant::now() > told_by {
+            break told;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["data"]["batchId"], batch.as_str());
+    assert_eq!(told[0]["data"]["completed"], counts["completed"]);
+    assert_eq!(told[0]["data"]["rejected"], counts["rejected"]);
+    assert_eq!(told[0]["data"]["failed"], counts["failed"]);
+
     let at_bank = all_at_bank.unwrap_or(started.elapsed());
     println!(
         "bulk: {n} items, {initiated} initiated once each, {} rejected, {} failed; accepted in \

@@ -1,6 +1,7 @@
 //! The payment status poller (SQS `PaymentStatusQueue`, `ReportBatchItemFailures`). Each
 //! message names a payment and the generation of its polling chain (or, for the first
-//! polls of a bulk chunk's items, a group of those, handled ten at a time); the service asks the
+//! polls of a bulk chunk's items, a group of those, handled ten at a time; or a batch's
+//! watch, which notifies the user once every item is final); the service asks the
 //! bank, records any change, notifies on a final status and queues the next poll with the
 //! schedule's delay (`shared::services::payments`). Stale and duplicate messages are
 //! dropped by the generation check. A store or queue failure reports the message failed,
@@ -27,6 +28,21 @@ pub async fn handle(service: &Arc<Payments>, event: SqsEvent) -> Value {
             };
             let message = match work {
                 PollWork::One(message) => message,
+                PollWork::Watch(watch) => {
+                    return match service.watch_batch(&watch).await {
+                        Ok(outcome) => {
+                            tracing::info!(batch_id = %watch.batch_id, outcome = ?outcome,
+                                "batch watch handled");
+                            (id, true)
+                        }
+                        Err(e) => {
+                            tracing::warn!(batch_id = %watch.batch_id,
+                                error = %shared::services::log_text(&e),
+                                "batch watch failed; redelivered later");
+                            (id, false)
+                        }
+                    };
+                }
                 PollWork::Group(group) => {
                     return match service.poll_group(&group).await {
                         Ok(handled) => {

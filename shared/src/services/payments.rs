@@ -78,6 +78,8 @@ pub const STATUS_QUEUE_URL_ENV: &str = "PAYMENT_STATUS_QUEUE_URL";
 pub const POLL_SCHEDULE_ENV: &str = "PAYMENT_POLL_SCHEDULE";
 /// Env: how often (seconds) a batch item waiting for its SCA is polled at most.
 pub const BATCH_SCA_WAIT_ENV: &str = "PAYMENT_BATCH_SCA_WAIT_SECS";
+/// Env: seconds between two looks at an unfinished batch (default 60).
+pub const BATCH_WATCH_ENV: &str = "PAYMENT_BATCH_WATCH_SECS";
 /// Largest page of `GET /v1/payments`.
 pub const MAX_PAGE: usize = 100;
 
@@ -110,6 +112,8 @@ pub struct PaymentsConfig {
     /// starts an immediate poll anyway), so a thousand items awaiting SCA do not poll the
     /// bank every 5 seconds.
     pub batch_sca_wait: StdDuration,
+    /// How often an unfinished batch is looked at for its completion notification.
+    pub batch_watch: StdDuration,
 }
 
 impl PaymentsConfig {
@@ -134,6 +138,16 @@ impl PaymentsConfig {
             ),
             None => StdDuration::from_secs(60),
         };
+        let batch_watch = match lookup(BATCH_WATCH_ENV).filter(|s| !s.trim().is_empty()) {
+            Some(text) => StdDuration::from_secs(
+                text.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|s| (1..=900).contains(s))
+                    .ok_or_else(|| format!("{BATCH_WATCH_ENV} must be 1 to 900 seconds"))?,
+            ),
+            None => StdDuration::from_secs(60),
+        };
         let schedule = match lookup(POLL_SCHEDULE_ENV).filter(|s| !s.trim().is_empty()) {
             Some(text) => {
                 PollSchedule::parse(&text).map_err(|e| format!("{POLL_SCHEDULE_ENV}: {e}"))?
@@ -147,6 +161,7 @@ impl PaymentsConfig {
             initiation_lease: Duration::seconds(60),
             resend_after: Duration::seconds(60),
             batch_sca_wait,
+            batch_watch,
         })
     }
 }
@@ -202,12 +217,22 @@ pub struct PollGroup {
     pub polls: Vec<PollMessage>,
 }
 
+/// The watch of a bulk batch: looks at its items now and then, and tells the user once
+/// when every one is final.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchWatch {
+    pub user_id: UserId,
+    pub batch_id: crate::domain::BatchId,
+}
+
 /// Any message of the payment status queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PollWork {
     One(PollMessage),
     Group(PollGroup),
+    Watch(BatchWatch),
 }
 
 /// The poll message: which payment, and which generation of its chain.

@@ -75,6 +75,8 @@ const ITEM_FIELDS: [&str; 5] = [
 pub const CHUNK_BUDGET: StdDuration = StdDuration::from_secs(40);
 /// Items of one chunk at the bank (or waiting for a rate slot) at once.
 const CHUNK_CONCURRENCY: usize = 10;
+/// How long after acceptance a batch's watch gives up (module docs of `watch_batch`).
+pub const WATCH_HORIZON: chrono::Duration = chrono::Duration::hours(72);
 /// Namespace of the items' `X-Request-ID`s (UUID v5 of the item id).
 const ITEM_REQUEST_NAMESPACE: Uuid = Uuid::from_u128(0x3b9e_51c2_7d04_4a8f_b6e1_0c55_92d7_1a3e);
 
@@ -255,6 +257,7 @@ impl Payments {
                     psu_ip: Some(psu_ip),
                     chunks_written: false,
                     enqueued: false,
+                    done_notified: false,
                     created_at: now,
                     version: 0,
                 };
@@ -282,6 +285,8 @@ impl Payments {
                 })
                 .collect();
             self.send_bulk(&messages).await?;
+            // The batch's watch: it tells the user when every item is final.
+            self.send_watch(user, &batch_id).await?;
             batch.enqueued = true;
             batch = self.payments.update_batch(&batch).await?;
             info!(batch_id = %batch_id, items = total, chunks = chunks.len(), "batch accepted");
@@ -423,6 +428,102 @@ impl Payments {
             queued = later.len(), elapsed_ms = started.elapsed().as_millis() as u64,
             "batch chunk expanded");
         Ok(BulkOutcome::Done)
+    }
+
+    async fn send_watch(&self, user: &UserId, batch: &BatchId) -> Result<(), ServiceError> {
+        let body = serde_json::to_string(&PollWork::Watch(BatchWatch {
+            user_id: user.clone(),
+            batch_id: batch.clone(),
+        }))
+        .expect("batch watches serialise");
+        self.status_queue
+            .send(&body, self.config.batch_watch)
+            .await
+            .map_err(|e| StoreError::Backend(format!("payment status queue: {e}")))?;
+        Ok(())
+    }
+
+    /// One look of a batch's watch: when every item is final, the user is told once
+    /// (event id `batch:{id}:done`, with the totals) and the watch ends; otherwise it looks
+    /// again after `PAYMENT_BATCH_WATCH_SECS`. It gives up [`WATCH_HORIZON`] after the
+    /// batch was accepted (its items give up polling after 24 hours, so it is done by
+    /// then unless an item message is stuck in the DLQ).
+    ///
+    /// # Errors
+    /// A store or queue failure: the message is retried (a duplicate watch is harmless:
+    /// the notification is stored once per event id).
+    pub async fn watch_batch(&self, watch: &BatchWatch) -> Result<PollOutcome, ServiceError> {
+        let Some(batch) = self
+            .payments
+            .get_batch(&watch.user_id, &watch.batch_id)
+            .await?
+        else {
+            return Ok(PollOutcome::Dropped);
+        };
+        if batch.done_notified {
+            return Ok(PollOutcome::Dropped);
+        }
+        let items = self
+            .payments
+            .batch_items(&watch.user_id, &watch.batch_id)
+            .await?;
+        let stored = u32::try_from(items.len()).unwrap_or(u32::MAX);
+        let done =
+            batch.enqueued && stored == batch.total && items.iter().all(|p| p.state().is_final());
+        if !done {
+            if self.clock.now() - batch.created_at > WATCH_HORIZON {
+                warn!(batch_id = %batch.batch_id, "batch not finished after its watch horizon; watch ends");
+                return Ok(PollOutcome::GaveUp);
+            }
+            self.send_watch(&watch.user_id, &watch.batch_id).await?;
+            return Ok(PollOutcome::Continued);
+        }
+        let count = |state: PaymentState| items.iter().filter(|p| p.state() == state).count();
+        let (completed, rejected) = (
+            count(PaymentState::Completed),
+            count(PaymentState::Rejected),
+        );
+        let (failed, unknown) = (count(PaymentState::Failed), count(PaymentState::Unknown));
+        let mut message = format!("{completed} of {} payments were executed", batch.total);
+        for (n, what) in [
+            (rejected, "rejected"),
+            (failed, "failed"),
+            (unknown, "of unknown status"),
+        ] {
+            if n > 0 {
+                message.push_str(&format!(", {n} {what}"));
+            }
+        }
+        message.push('.');
+        let notification = Notification {
+            user_id: watch.user_id.clone(),
+            notification_id: crate::domain::NotificationId::new(),
+            event_id: format!("batch:{}:done", batch.batch_id),
+            kind: "payment_batch.done".to_owned(),
+            title: "Payment batch done".to_owned(),
+            message,
+            data: serde_json::json!({
+                "batchId": batch.batch_id,
+                "total": batch.total,
+                "completed": completed,
+                "rejected": rejected,
+                "failed": failed,
+                "unknown": unknown,
+            }),
+            created_at: self.clock.now(),
+        };
+        self.notifier
+            .notify(&notification)
+            .await
+            .map_err(StoreError::from)?;
+        let mut marked = batch;
+        marked.done_notified = true;
+        match self.payments.update_batch(&marked).await {
+            Ok(_) | Err(StoreError::VersionConflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        info!(batch_id = %marked.batch_id, completed, rejected, failed, unknown, "batch done; user notified");
+        Ok(PollOutcome::Final)
     }
 
     /// The first poll messages of `records`' chains, in groups of up to 100 per delay (one

@@ -287,23 +287,48 @@ impl IdempotencyStore for MemKeys {
 #[derive(Default)]
 struct DelayQueue(Mutex<Vec<(String, StdDuration)>>);
 
+fn is_watch(body: &str) -> bool {
+    matches!(serde_json::from_str(body), Ok(PollWork::Watch(_)))
+}
+
 impl DelayQueue {
-    /// Every poll message queued (groups flattened), with its delay.
+    /// Every poll message queued (groups flattened), with its delay; batch watches stay.
     fn take(&self) -> Vec<(PollMessage, StdDuration)> {
-        self.0
-            .lock()
-            .unwrap()
-            .drain(..)
+        let mut queued = self.0.lock().unwrap();
+        let (watches, polls): (Vec<_>, Vec<_>) = queued.drain(..).partition(|(b, _)| is_watch(b));
+        *queued = watches;
+        polls
+            .into_iter()
             .flat_map(|(body, delay)| match serde_json::from_str(&body).unwrap() {
                 PollWork::One(m) => vec![(m, delay)],
                 PollWork::Group(g) => g.polls.into_iter().map(|m| (m, delay)).collect(),
+                PollWork::Watch(_) => unreachable!(),
             })
             .collect()
     }
 
-    /// How many queue messages are waiting (a group counts once).
+    /// The batch watches queued, with their delays.
+    fn take_watches(&self) -> Vec<(BatchWatch, StdDuration)> {
+        let mut queued = self.0.lock().unwrap();
+        let (watches, polls): (Vec<_>, Vec<_>) = queued.drain(..).partition(|(b, _)| is_watch(b));
+        *queued = polls;
+        watches
+            .into_iter()
+            .map(|(body, delay)| match serde_json::from_str(&body).unwrap() {
+                PollWork::Watch(w) => (w, delay),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    /// How many poll messages are waiting (a group counts once; watches do not count).
     fn sent(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(b, _)| !is_watch(b))
+            .count()
     }
 }
 
@@ -1547,4 +1572,59 @@ async fn acceptance_fans_out_in_chunks_and_a_redelivered_chunk_resets_nothing() 
         .into_iter()
         .collect();
     assert_eq!(indexes, (0..250).collect::<Vec<u32>>());
+}
+
+#[tokio::test]
+async fn a_batch_is_announced_once_when_every_item_is_final() {
+    let h = harness();
+    h.submit("watched", &batch(3)).await.unwrap();
+    let watches = h.queue.take_watches();
+    assert_eq!(watches.len(), 1);
+    let (watch, delay) = watches[0].clone();
+    assert_eq!(delay, h.svc.config.batch_watch);
+    // Not done yet (the chunk is not even expanded): the watch looks again later.
+    assert_eq!(
+        h.svc.watch_batch(&watch).await.unwrap(),
+        PollOutcome::Continued
+    );
+    assert_eq!(h.queue.take_watches().len(), 1);
+    // The items are initiated, then the bank settles them: two executed, one rejected.
+    assert!(h.bulk_messages().await.is_empty());
+    *h.bank.statuses.lock().unwrap() = vec![
+        Ok(TransactionStatus::Acsc),
+        Ok(TransactionStatus::Acsc),
+        Ok(TransactionStatus::Rjct),
+    ];
+    assert_eq!(
+        h.svc.watch_batch(&watch).await.unwrap(),
+        PollOutcome::Continued,
+        "awaiting SCA is not done"
+    );
+    h.queue.take_watches();
+    let mut polls = h.queue.take();
+    polls.sort_by_key(|(m, _)| m.payment_id.as_str().to_owned());
+    for (m, _) in &polls {
+        assert_eq!(h.svc.poll(m).await.unwrap(), PollOutcome::Final);
+    }
+    // Done: one notification with the totals, and the watch ends; a duplicate watch finds
+    // it told already.
+    assert_eq!(h.svc.watch_batch(&watch).await.unwrap(), PollOutcome::Final);
+    assert_eq!(
+        h.svc.watch_batch(&watch).await.unwrap(),
+        PollOutcome::Dropped
+    );
+    assert!(h.queue.take_watches().is_empty());
+    let notes: Vec<_> = h
+        .notes
+        .all()
+        .into_iter()
+        .filter(|n| n.kind == "payment_batch.done")
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].data["completed"], 2);
+    assert_eq!(notes[0].data["rejected"], 1);
+    assert_eq!(
+        notes[0].message,
+        "2 of 3 payments were executed, 1 rejected."
+    );
 }

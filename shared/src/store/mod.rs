@@ -352,6 +352,9 @@ pub struct BatchRecord {
     pub chunks_written: bool,
     /// Every chunk's message was accepted by the bulk queue.
     pub enqueued: bool,
+    /// The user was told that every item is final.
+    #[serde(default)]
+    pub done_notified: bool,
     pub created_at: DateTime<Utc>,
     pub version: u64,
 }
