@@ -832,10 +832,8 @@ impl Payments {
         else {
             return Ok(true);
         };
-        Ok(self
-            .rate_pool
-            .acquire(self.payments.as_ref(), bank, limit, max_wait)
-            .await?)
+        let take = |second, want| self.payments.take_rate_slots(bank, second, want, limit);
+        Ok(self.rate_pool.acquire(bank, limit, max_wait, take).await?)
     }
 
     /// The last receive failed: the item is failed for good, with the bank's reason.

@@ -16,7 +16,9 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::domain::BankId;
-use crate::store::{PaymentStore, StoreError};
+#[cfg(doc)]
+use crate::store::PaymentStore;
+use crate::store::StoreError;
 
 /// How many seconds a payment waits for a slot before giving up (well within the
 /// worker's 30 s timeout; the item is then re-queued).
@@ -56,17 +58,23 @@ impl Drop for Waiting<'_> {
 impl RatePool {
     /// Waits (at most `max_wait` seconds, at most [`MAX_WAIT_SECONDS`]) for one slot of
     /// `bank`'s budget of `limit` initiations per second: `Ok(true)` when one was taken,
-    /// `Ok(false)` when the wait ran out.
+    /// `Ok(false)` when the wait ran out. `take(second, want)` takes up to `want` slots of
+    /// `second` from the shared counter and answers how many it got
+    /// ([`PaymentStore::take_rate_slots`]).
     ///
     /// # Errors
     /// The store failed.
-    pub async fn acquire(
+    pub async fn acquire<F, Fut>(
         &self,
-        store: &dyn PaymentStore,
         bank: &BankId,
         limit: u32,
         max_wait: u32,
-    ) -> Result<bool, StoreError> {
+        take: F,
+    ) -> Result<bool, StoreError>
+    where
+        F: Fn(i64, u32) -> Fut,
+        Fut: std::future::Future<Output = Result<u32, StoreError>>,
+    {
         let pool = Arc::clone(
             self.banks
                 .lock()
@@ -91,7 +99,7 @@ impl RatePool {
                 }
                 if slots.left == 0 && !slots.spent {
                     let want = pool.waiting.load(Ordering::SeqCst).clamp(1, limit);
-                    let got = store.take_rate_slots(bank, second, want, limit).await?;
+                    let got = take(second, want).await?;
                     slots.left = got;
                     slots.spent = got < want;
                 }
@@ -117,33 +125,15 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    use async_trait::async_trait;
-
-    use crate::domain::{BatchId, PaymentId, UserId};
-    use crate::store::{BatchChunk, BatchRecord, PaymentPage, PaymentRecord, PaymentState};
-
-    /// Only the rate counter is real; `calls` counts the store calls made for it.
+    /// The shared counter: slots taken per second, and the calls made to take them.
     #[derive(Default)]
     struct Counter {
         per_second: Mutex<HashMap<i64, u32>>,
         calls: AtomicUsize,
     }
 
-    #[async_trait]
-    impl PaymentStore for Counter {
-        async fn take_rate_slot(&self, _: &BankId, s: i64, limit: u32) -> Result<bool, StoreError> {
-            Ok(self
-                .take_rate_slots(&BankId::parse("b").unwrap(), s, 1, limit)
-                .await?
-                == 1)
-        }
-        async fn take_rate_slots(
-            &self,
-            _: &BankId,
-            second: i64,
-            want: u32,
-            limit: u32,
-        ) -> Result<u32, StoreError> {
+    impl Counter {
+        async fn take(&self, second: i64, want: u32, limit: u32) -> Result<u32, StoreError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::task::yield_now().await;
             let mut map = self.per_second.lock().unwrap();
@@ -152,79 +142,21 @@ mod tests {
             *taken += got;
             Ok(got)
         }
-        async fn insert(&self, _: &PaymentRecord) -> Result<(), StoreError> {
-            unimplemented!()
-        }
-        async fn get(
-            &self,
-            _: &UserId,
-            _: &PaymentId,
-        ) -> Result<Option<PaymentRecord>, StoreError> {
-            unimplemented!()
-        }
-        async fn list_for_user(&self, _: &UserId) -> Result<Vec<PaymentRecord>, StoreError> {
-            unimplemented!()
-        }
-        async fn list_page(
-            &self,
-            _: &UserId,
-            _: Option<PaymentState>,
-            _: Option<&PaymentId>,
-            _: usize,
-        ) -> Result<PaymentPage, StoreError> {
-            unimplemented!()
-        }
-        async fn update(&self, _: &PaymentRecord) -> Result<PaymentRecord, StoreError> {
-            unimplemented!()
-        }
-        async fn batch_items(
-            &self,
-            _: &UserId,
-            _: &BatchId,
-        ) -> Result<Vec<PaymentRecord>, StoreError> {
-            unimplemented!()
-        }
-        async fn insert_batch(&self, _: &BatchRecord) -> Result<(), StoreError> {
-            unimplemented!()
-        }
-        async fn get_batch(
-            &self,
-            _: &UserId,
-            _: &BatchId,
-        ) -> Result<Option<BatchRecord>, StoreError> {
-            unimplemented!()
-        }
-        async fn update_batch(&self, _: &BatchRecord) -> Result<BatchRecord, StoreError> {
-            unimplemented!()
-        }
-        async fn put_chunks(&self, _: &[BatchChunk]) -> Result<(), StoreError> {
-            unimplemented!()
-        }
-        async fn get_chunk(
-            &self,
-            _: &UserId,
-            _: &BatchId,
-            _: u32,
-        ) -> Result<Option<BatchChunk>, StoreError> {
-            unimplemented!()
-        }
-        async fn update_chunk(&self, _: &BatchChunk) -> Result<BatchChunk, StoreError> {
-            unimplemented!()
-        }
     }
 
     #[tokio::test]
     async fn many_waiters_share_few_store_calls_and_never_exceed_the_limit() {
-        let store = Arc::new(Counter::default());
+        let counter = Arc::new(Counter::default());
         let pool = Arc::new(RatePool::default());
         let bank = BankId::parse("lt-alpha").unwrap();
         let started = Utc::now().timestamp();
         let tasks: Vec<_> = (0..25)
             .map(|_| {
-                let (store, pool, bank) = (store.clone(), pool.clone(), bank.clone());
+                let (counter, pool, bank) = (counter.clone(), pool.clone(), bank.clone());
                 tokio::spawn(async move {
+                    let take = |second, want| counter.take(second, want, 10);
                     assert!(
-                        pool.acquire(store.as_ref(), &bank, 10, MAX_WAIT_SECONDS)
+                        pool.acquire(&bank, 10, MAX_WAIT_SECONDS, take)
                             .await
                             .unwrap()
                     );
@@ -238,15 +170,25 @@ mod tests {
         }
         assert_eq!(per_second.values().sum::<u32>(), 25);
         assert!(per_second.values().all(|n| *n <= 10), "{per_second:?}");
-        let counted: HashMap<i64, u32> = store.per_second.lock().unwrap().clone();
+        let counted: HashMap<i64, u32> = counter.per_second.lock().unwrap().clone();
         assert!(counted.values().all(|n| *n <= 10), "{counted:?}");
         let seconds = (Utc::now().timestamp() - started + 1) as usize;
         // One call per second for the pool (two when a second's first call came up short
         // of the waiters), instead of one per waiter and second.
-        let calls = store.calls.load(Ordering::SeqCst);
+        let calls = counter.calls.load(Ordering::SeqCst);
         assert!(
             calls <= 2 * seconds + 1,
             "{calls} store calls over {seconds} s"
         );
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_answers_false_after_the_wait() {
+        let counter = Counter::default();
+        let pool = RatePool::default();
+        let bank = BankId::parse("lt-alpha").unwrap();
+        // Nothing left in any second: the pool gives up after `max_wait` (0: at once).
+        let take = |second, want| counter.take(second, want, 0);
+        assert!(!pool.acquire(&bank, 1, 0, take).await.unwrap());
     }
 }
