@@ -43,7 +43,10 @@ else
   min_requests="${FUZZ_MIN_REQUESTS:-5000}"
   seed="${FUZZ_SEED:-}"
 fi
-workers="${FUZZ_WORKERS:-2}"
+# One worker by default: with several, schemathesis's generator parses code in parallel
+# threads and CPython's ast module can fail with "SystemError: AST constructor recursion
+# depth mismatch" (seen in a CI run: an error of the tool, not of the API).
+workers="${FUZZ_WORKERS:-1}"
 # Left out: unsupported_method (API Gateway answers an undeclared method with 404, not
 # 405), use_after_free (a revoked connection stays readable with its status),
 # positive_data_acceptance (the spec cannot say which currency, bank or IBAN exists).
