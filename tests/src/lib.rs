@@ -2,6 +2,7 @@
 //! `AWS_ENDPOINT_URL`), resources provisioned from template.yaml under a fresh stack name,
 //! and an in-process sandbox bank.
 
+pub mod bench;
 pub mod spec;
 
 use std::collections::HashMap;

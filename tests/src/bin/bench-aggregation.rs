@@ -19,11 +19,12 @@
 //! larger sandbox page), `BENCH_CATEGORISE` (1; 0 skips bench-categorise),
 //! `RUST_LOG` (error).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use infra::sandbox::SandboxConfig;
+use integration_tests::bench::{bin_dir, env_number, init_logs, verdict};
 use integration_tests::{Bundle, BundleOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -33,16 +34,6 @@ const APP: &str = "http://127.0.0.1:3000/app/connected";
 const BANKS: [&str; 3] = ["lt-alpha", "lv-baltija", "ee-pohja"];
 const WARM_TARGET: Duration = Duration::from_millis(20);
 const CATEGORISE_TARGET: f64 = 8.0;
-
-fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name} must be a whole number")),
-        _ => Ok(default),
-    }
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
@@ -54,10 +45,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[rank]
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "NOT met" }
 }
 
 /// One row of the printed table.
@@ -354,25 +341,13 @@ fn categorise(bin_dir: &Path) -> anyhow::Result<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .try_init();
+    init_logs();
     let latency_ms = env_number("BENCH_LATENCY_MS", 100)?;
     let cold_runs = usize::try_from(env_number("BENCH_COLD_RUNS", 5)?)?.max(1);
     let warm_runs = usize::try_from(env_number("BENCH_WARM_RUNS", 20)?)?.max(1);
     let large_page = usize::try_from(env_number("BENCH_LARGE_PAGE_SIZE", 200)?)?;
     let run_categorise = env_number("BENCH_CATEGORISE", 1)? != 0;
-    let bin_dir = match std::env::var_os("BENCH_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the binary's directory")?
-            .to_owned(),
-    };
+    let bin_dir = bin_dir()?;
     let profile = bin_dir
         .file_name()
         .map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned());

@@ -24,10 +24,11 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use integration_tests::bench::{bin_dir, env_number, init_logs, verdict};
 use integration_tests::{Bundle, BundleOptions};
 use serde_json::{Value, json};
 use shared::bank::{PaymentInitiation, PaymentProduct, RedirectUris};
@@ -36,20 +37,6 @@ use shared::domain::{Currency, Iban, Money, RequestId};
 const SECRET: &str = "bench-bulk-secret";
 const BANK: &str = "lt-alpha";
 const USER: &str = "bench-payroll";
-
-fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name} must be a whole number")),
-        _ => Ok(default),
-    }
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "NOT met" }
-}
 
 fn payroll(n: usize, tag: &str) -> Value {
     let payments: Vec<Value> = (0..n)
@@ -245,25 +232,13 @@ async fn one_at_a_time(w: &Bundle, n: usize) -> anyhow::Result<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .try_init();
+    init_logs();
     let items = env_number("BENCH_BULK_ITEMS", 1000)?;
     let cap = env_number("BENCH_BULK_CAP", 50)?;
     let latency_ms = env_number("BENCH_LATENCY_MS", 100)?;
     let naive_items = usize::try_from(env_number("BENCH_NAIVE_ITEMS", 30)?)?.max(1);
     ensure!((10..=1000).contains(&items), "BENCH_BULK_ITEMS: 10 to 1000");
-    let bin_dir = match std::env::var_os("BENCH_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the binary's directory")?
-            .to_owned(),
-    };
+    let bin_dir = bin_dir()?;
     let profile = bin_dir
         .file_name()
         .map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned());
