@@ -213,7 +213,7 @@ impl Runtime {
         jwt_secret: &str,
         env: &[(&str, String)],
     ) -> Runtime {
-        Self::start_from(template_path, jwt_secret, env, &debug_bin_dir()).await
+        Self::start_from(template_path, jwt_secret, env, &debug_bin_dir(), 0.0).await
     }
 
     /// As [`Self::start`], with the function binaries taken from `bin_dir` (e.g. the
@@ -223,6 +223,7 @@ impl Runtime {
         jwt_secret: &str,
         env: &[(&str, String)],
         bin_dir: &std::path::Path,
+        sqs_duplicates: f64,
     ) -> Runtime {
         use infra::local_runtime::app::{RuntimeOptions, RuntimePlan};
         // Logs (ours and the functions') go to the test's captured output: shown on failure.
@@ -283,6 +284,7 @@ impl Runtime {
                 time_scale: 1.0,
                 max_instances: 2,
                 sqs_poll_wait: Duration::ZERO,
+                sqs_duplicates,
                 web_root: Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/app")),
             },
         )
@@ -317,6 +319,8 @@ pub struct BundleOptions {
     pub sandbox: SandboxConfig,
     /// The function binaries: [`debug_bin_dir`] unless told otherwise.
     pub bin_dir: std::path::PathBuf,
+    /// Share of SQS messages the local runtime delivers twice (0 to 1).
+    pub sqs_duplicates: f64,
 }
 
 impl Default for BundleOptions {
@@ -324,6 +328,7 @@ impl Default for BundleOptions {
         Self {
             sandbox: SandboxConfig::default(),
             bin_dir: debug_bin_dir(),
+            sqs_duplicates: 0.0,
         }
     }
 }
@@ -365,8 +370,14 @@ impl Bundle {
             ),
         ];
         env.extend(extra_env.iter().cloned());
-        let rt =
-            Runtime::start_from(&root.join("template.yaml"), secret, &env, &options.bin_dir).await;
+        let rt = Runtime::start_from(
+            &root.join("template.yaml"),
+            secret,
+            &env,
+            &options.bin_dir,
+            options.sqs_duplicates,
+        )
+        .await;
         Bundle {
             rt,
             sandbox,
@@ -531,6 +542,34 @@ impl Bundle {
             .await;
         assert_eq!(status, 200, "{one}");
         one
+    }
+
+    /// Every message body waiting in `queue` (a template logical id, e.g. a DLQ), as JSON
+    /// (`Null` when a body is not JSON); each stays invisible for a minute after.
+    pub async fn queue_bodies(&self, queue: &str) -> Vec<serde_json::Value> {
+        let sqs = self.rt.local.sqs();
+        let url = self.rt.local.resources.queue_url(queue).to_owned();
+        let mut bodies = Vec::new();
+        loop {
+            let got = sqs
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .visibility_timeout(60)
+                .send()
+                .await
+                .unwrap();
+            let messages = got.messages.unwrap_or_default();
+            if messages.is_empty() {
+                return bodies;
+            }
+            for m in messages {
+                bodies.push(
+                    serde_json::from_str(m.body().unwrap_or_default())
+                        .unwrap_or(serde_json::Value::Null),
+                );
+            }
+        }
     }
 
     /// `user`'s notifications; asserts 200.

@@ -571,7 +571,53 @@ fn mapping(url: &str, arn: &str) -> SqsMapping {
         report_batch_item_failures: true,
         max_concurrency: 2,
         poll_wait: Duration::from_secs(1),
+        duplicate_rate: 0.0,
     }
+}
+
+/// Fault runs: with `duplicate_rate` 1 every message is handled twice (two invocations at
+/// once, as SQS's at-least-once delivery may do) and still deleted once, by the verdict
+/// of the first; a message the first fails is not deleted by the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_duplicate_delivery_hands_every_message_over_twice() {
+    let sdk = integration_tests::aws_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let (url, arn, dlq_url) = queue_pair(&sqs, "twice").await;
+    send_batch(&sqs, &url, &["one", "two", "please fail"]).await;
+
+    let log = FixtureLog::new();
+    let host = sqs_host(&log);
+    let shutdown = CancellationToken::new();
+    let pollers = sqs::spawn(
+        vec![SqsMapping {
+            duplicate_rate: 1.0,
+            ..mapping(&url, &arn)
+        }],
+        sqs.clone(),
+        host.clone(),
+        "eu-central-1".to_owned(),
+        shutdown.clone(),
+    );
+    let dead = wait_for_bodies(&sqs, &dlq_url, &["please fail"], Duration::from_secs(30)).await;
+    shutdown.cancel();
+    pollers.await.unwrap();
+    host.shutdown().await;
+
+    assert_eq!(dead, BTreeSet::from(["please fail".to_owned()]));
+    let records = log.sqs_records();
+    let of = |body: &str| -> Vec<String> {
+        let mut counts: Vec<String> = records
+            .iter()
+            .filter(|(b, _, _)| b == body)
+            .map(|(_, count, _)| count.clone())
+            .collect();
+        counts.sort();
+        counts
+    };
+    assert_eq!(of("one"), vec!["1", "1"], "{records:?}");
+    assert_eq!(of("two"), vec!["1", "1"], "{records:?}");
+    assert_eq!(of("please fail"), vec!["1", "1", "2", "2"], "{records:?}");
+    assert_eq!(messages_left(&sqs, &url).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

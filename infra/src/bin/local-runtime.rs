@@ -82,6 +82,8 @@ async fn main() -> anyhow::Result<()> {
         // Short receives by default (see `SqsMapping::poll_wait`); LocalStack or AWS users
         // may prefer long polls.
         sqs_poll_wait: Duration::from_millis(env_or("LOCAL_SQS_POLL_WAIT_MS", 0)?),
+        // Fault runs: deliver this share of SQS messages twice (0 to 1).
+        sqs_duplicates: env_or("LOCAL_SQS_DUPLICATES", 0.0)?,
         web_root: Some(web_root),
     };
     let routes = plan.routes.len();

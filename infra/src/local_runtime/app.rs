@@ -231,6 +231,8 @@ pub struct RuntimeOptions {
     pub time_scale: f64,
     pub max_instances: usize,
     pub sqs_poll_wait: Duration,
+    /// Share of SQS messages delivered twice (`SqsMapping::duplicate_rate`); 0 normally.
+    pub sqs_duplicates: f64,
     /// The demo web app's folder (`web/app`), served where no API route answers, with
     /// `POST /__local/token`; `None` serves neither.
     pub web_root: Option<PathBuf>,
@@ -302,6 +304,7 @@ pub async fn start(
             report_batch_item_failures: q.report_batch_item_failures,
             max_concurrency: q.max_concurrency as usize,
             poll_wait: options.sqs_poll_wait,
+            duplicate_rate: options.sqs_duplicates.clamp(0.0, 1.0),
         })
         .collect();
     tasks.push(sqs::spawn(

@@ -25,7 +25,7 @@ use super::{Invoke, InvokeError};
 pub const SHORT_POLL_PAUSE: Duration = Duration::from_millis(200);
 
 /// One `Type: SQS` event of a function in the template.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SqsMapping {
     /// Event name in the template.
     pub name: String,
@@ -47,6 +47,10 @@ pub struct SqsMapping {
     /// messages included), so with many delayed messages long polls make every send
     /// slower; short receives keep that cost to a few scans a second.
     pub poll_wait: Duration,
+    /// Share of received messages (0 to 1) delivered twice: a second invocation with
+    /// those records runs alongside the first, as SQS's at-least-once delivery may do. Only
+    /// the first invocation's answer decides what is deleted. 0 outside fault tests.
+    pub duplicate_rate: f64,
 }
 
 impl SqsMapping {
@@ -68,6 +72,7 @@ impl SqsMapping {
             report_batch_item_failures: false,
             max_concurrency: 2,
             poll_wait: Duration::from_secs(1),
+            duplicate_rate: 0.0,
         }
     }
 }
@@ -392,10 +397,33 @@ impl Poller {
             .iter()
             .map(|message| message.message_id().unwrap_or_default())
             .collect();
-        let result = self
+        let copies: Vec<Value> = records
+            .iter()
+            .filter(|_| {
+                mapping.duplicate_rate > 0.0 && rand::random::<f64>() < mapping.duplicate_rate
+            })
+            .cloned()
+            .collect();
+        let original = self
             .invoker
-            .invoke(&mapping.function, json!({ "Records": records }))
-            .await;
+            .invoke(&mapping.function, json!({ "Records": records }));
+        let result = if copies.is_empty() {
+            original.await
+        } else {
+            let size = copies.len();
+            let again = self
+                .invoker
+                .invoke(&mapping.function, json!({ "Records": copies }));
+            let (result, again) = tokio::join!(original, again);
+            tracing::info!(
+                mapping = %mapping.name,
+                function = %mapping.function,
+                size,
+                failed = again.is_err(),
+                "sqs duplicate delivery"
+            );
+            result
+        };
         let verdict = judge_batch(&ids, &result, mapping.report_batch_item_failures);
         let to_delete: Vec<&Message> = verdict
             .to_delete(&ids)

@@ -27,6 +27,23 @@ pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// GET /__admin/pending-sca/{bank}: the ids of the bank's payments whose SCA is pending
+/// (what a scripted user would find in the bank's app), sorted.
+pub(crate) async fn pending_sca(
+    State(state): State<SandboxState>,
+    Path(bank): Path<String>,
+) -> Json<Value> {
+    let store = state.store();
+    let mut payments: Vec<&str> = store
+        .payments
+        .iter()
+        .filter(|((b, _), p)| *b == bank && matches!(p.sca, super::state::Sca::Pending))
+        .map(|((_, id), _)| id.as_str())
+        .collect();
+    payments.sort_unstable();
+    Json(json!({ "payments": payments }))
+}
+
 /// GET /__admin/counts
 pub(crate) async fn counts(State(state): State<SandboxState>) -> Json<Value> {
     let counts = state.store().counts.clone();

@@ -146,6 +146,7 @@ pub fn router(state: SandboxState) -> Router {
         .route("/{bank}/sca/{kind}/{id}", get(sca::show).post(sca::submit))
         // Test control
         .route("/__admin/counts", get(admin::counts))
+        .route("/__admin/pending-sca/{bank}", get(admin::pending_sca))
         .route(
             "/__admin/requests",
             get(admin::requests).delete(admin::clear_requests),

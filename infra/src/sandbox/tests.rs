@@ -1075,9 +1075,23 @@ async fn payment_progresses_to_acsc() {
         payment_status(&client, &sb, "lt-alpha", product, &id).await,
         "RCVD"
     );
+    let pending = |bank: &'static str| {
+        let (client, url) = (
+            client.clone(),
+            format!("{}/__admin/pending-sca/{bank}", sb.base_url),
+        );
+        async move { body(client.get(url).send().await.unwrap()).await }
+    };
+    assert_eq!(pending("lt-alpha").await, json!({ "payments": [id] }));
+    assert_eq!(pending("lv-baltija").await, json!({ "payments": [] }));
     let (status, decided) = admin_sca(&client, &sb, "lt-alpha", "payments", &id, "approve").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(decided, json!({ "status": "ACTC", "redirect": TPP_OK }));
+    assert_eq!(
+        pending("lt-alpha").await,
+        json!({ "payments": [] }),
+        "approved: no longer pending"
+    );
     let seen = wait_for_status(&client, &sb, product, &id, "ACSC").await;
     assert_eq!(seen.last().unwrap(), "ACSC");
     assert!(

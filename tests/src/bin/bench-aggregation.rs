@@ -114,6 +114,7 @@ impl Scene {
                     ..SandboxConfig::default()
                 },
                 bin_dir: bin_dir.to_owned(),
+                ..BundleOptions::default()
             },
         )
         .await;
