@@ -15,6 +15,7 @@
 
 pub mod aws;
 pub mod bank;
+pub mod chaos;
 pub mod domain;
 pub mod fx;
 pub mod http;

@@ -5,12 +5,12 @@ use chrono::{Days, NaiveDate, Utc};
 use integration_tests::LocalStack;
 use shared::bank::{ConsentAccess, PaymentProduct};
 use shared::domain::{
-    BankConsentId, BankId, ConsentId, ConsentState, Currency, Iban, Money, PaymentId, RequestId,
-    TransactionStatus, UserId,
+    BankConsentId, BankId, BatchId, ConsentId, ConsentState, Currency, Iban, Money, PaymentId,
+    RequestId, TransactionStatus, UserId,
 };
 use shared::store::{
-    ConsentRecord, ConsentStore, DynamoConsentStore, DynamoPaymentStore, PaymentRecord,
-    PaymentStore, StatusEntry, StoreError, health_hour,
+    ConsentRecord, ConsentStore, DynamoConsentStore, DynamoPaymentStore, PaymentFailure,
+    PaymentRecord, PaymentState, PaymentStore, StatusEntry, StoreError, health_hour,
 };
 
 fn consent(user: &UserId, bank: &str, valid_until: NaiveDate) -> ConsentRecord {
@@ -297,13 +297,9 @@ async fn valid_until_index_holds_exactly_the_valid_consents_of_the_day() {
     local.teardown().await;
 }
 
-#[tokio::test]
-async fn payment_store_round_trip_and_conflicts() {
-    let local = LocalStack::provision().await;
-    let store = DynamoPaymentStore::new(local.dynamodb(), local.resources.table("PaymentsTable"));
-    let user = UserId::parse("erin").unwrap();
+fn payment(user: &UserId) -> PaymentRecord {
     let now = Utc::now();
-    let p = PaymentRecord {
+    PaymentRecord {
         user_id: user.clone(),
         payment_id: PaymentId::new(),
         bank_id: BankId::parse("lt-alpha").unwrap(),
@@ -332,7 +328,16 @@ async fn payment_store_round_trip_and_conflicts() {
         created_at: now,
         updated_at: now,
         version: 0,
-    };
+    }
+}
+
+#[tokio::test]
+async fn payment_store_round_trip_and_conflicts() {
+    let local = LocalStack::provision().await;
+    let store = DynamoPaymentStore::new(local.dynamodb(), local.resources.table("PaymentsTable"));
+    let user = UserId::parse("erin").unwrap();
+    let now = Utc::now();
+    let p = payment(&user);
     store.insert(&p).await.unwrap();
     assert!(matches!(
         store.insert(&p).await,
@@ -409,6 +414,143 @@ async fn rate_slots_in_bulk_never_exceed_the_limit() {
             .unwrap(),
         50 - got,
         "the rest, and not one more"
+    );
+    local.teardown().await;
+}
+
+/// The batch counts against the items themselves: every move between states shows once,
+/// a stale or losing write moves nothing, and the items page in index order.
+#[tokio::test]
+async fn batch_counts_follow_every_move_and_items_page_in_order() {
+    let local = LocalStack::provision().await;
+    let store = DynamoPaymentStore::new(local.dynamodb(), local.resources.table("PaymentsTable"));
+    let user = UserId::parse("frank").unwrap();
+    let batch = BatchId::new();
+    let items: Vec<PaymentRecord> = (0..30u32)
+        .map(|i| PaymentRecord {
+            batch_id: Some(batch.clone()),
+            batch_index: Some(i),
+            queued: true,
+            ..payment(&user)
+        })
+        .collect();
+    assert!(store.insert_many(&items).await.unwrap().iter().all(|s| *s));
+    assert!(
+        store.batch_counts(&user, &batch).await.unwrap().is_empty(),
+        "all queued"
+    );
+
+    async fn all_items(
+        store: &DynamoPaymentStore,
+        user: &UserId,
+        batch: &BatchId,
+    ) -> Vec<PaymentRecord> {
+        let (mut all, mut from) = (Vec::new(), 0);
+        loop {
+            let (page, more) = store.batch_items_page(user, batch, from, 7).await.unwrap();
+            assert!(page.len() <= 7);
+            if more {
+                assert_eq!(page.len(), 7, "a full page before more");
+            }
+            from = page.last().map_or(from, |p| p.batch_index.unwrap() + 1);
+            all.extend(page);
+            if !more {
+                return all;
+            }
+        }
+    }
+    async fn truth(
+        store: &DynamoPaymentStore,
+        user: &UserId,
+        batch: &BatchId,
+    ) -> std::collections::BTreeMap<PaymentState, u32> {
+        let mut counts = std::collections::BTreeMap::new();
+        for p in all_items(store, user, batch).await {
+            if p.state() != PaymentState::Queued {
+                *counts.entry(p.state()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    // Claims: queued → initiating.
+    let mut current = Vec::new();
+    for item in &items[..12] {
+        let mut claimed = item.clone();
+        claimed.queued = false;
+        current.push(store.update(&claimed).await.unwrap());
+    }
+    // The bank: awaiting SCA, completed, rejected for good, failed transiently (queued).
+    let rcvd = |p: &PaymentRecord| {
+        let mut next = p.clone();
+        next.status = Some(TransactionStatus::Rcvd);
+        next.sca_url = Some("https://bank.example/sca".into());
+        next
+    };
+    for p in current.iter_mut().take(5) {
+        *p = store.update(&rcvd(p)).await.unwrap();
+    }
+    for p in current.iter_mut().skip(5).take(3) {
+        let mut next = p.clone();
+        next.status = Some(TransactionStatus::Acsc);
+        *p = store.update(&next).await.unwrap();
+    }
+    for (p, retryable) in current.iter_mut().skip(8).take(2).zip([false, true]) {
+        let mut next = p.clone();
+        next.failure = Some(PaymentFailure {
+            code: "FORMAT_ERROR".into(),
+            retryable,
+            at: Utc::now(),
+        });
+        *p = store.update(&next).await.unwrap();
+    }
+    // A write that changes no state moves nothing.
+    let mut polled = current[0].clone();
+    polled.poll.generation += 1;
+    current[0] = store.update(&polled).await.unwrap();
+    // A stale write is refused and moves nothing.
+    let stale = rcvd(&items[0]);
+    assert!(matches!(
+        store.update(&stale).await,
+        Err(StoreError::VersionConflict { .. })
+    ));
+    // Two writers from one version: one wins, and only its move is counted.
+    let mut done = current[1].clone();
+    done.status = Some(TransactionStatus::Acsc);
+    let mut rejected = current[1].clone();
+    rejected.status = Some(TransactionStatus::Rjct);
+    let (a, b) = tokio::join!(store.update(&done), store.update(&rejected));
+    assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
+    let counts = store.batch_counts(&user, &batch).await.unwrap();
+    assert_eq!(counts, truth(&store, &user, &batch).await);
+    let count = |s: PaymentState| counts.get(&s).copied().unwrap_or(0);
+    assert_eq!(count(PaymentState::AwaitingAuthorisation), 4);
+    assert_eq!(
+        count(PaymentState::Completed) + count(PaymentState::Rejected),
+        4
+    );
+    assert_eq!(count(PaymentState::Failed), 1);
+    assert_eq!(count(PaymentState::InProgress), 0);
+    assert_eq!(count(PaymentState::Initiating), 2);
+    assert_eq!(
+        counts.values().sum::<u32>(),
+        11,
+        "18 never claimed and one back in the queue"
+    );
+    let all = all_items(&store, &user, &batch).await;
+    assert_eq!(
+        all.iter()
+            .map(|p| p.batch_index.unwrap())
+            .collect::<Vec<_>>(),
+        (0..30).collect::<Vec<_>>()
+    );
+    assert!(
+        store
+            .batch_counts(&UserId::parse("mallory").unwrap(), &batch)
+            .await
+            .unwrap()
+            .is_empty(),
+        "another user sees nothing"
     );
     local.teardown().await;
 }

@@ -55,12 +55,21 @@ impl PaymentStore for CrashingStore {
     ) -> Result<PaymentPage, StoreError> {
         self.inner.list_page(user, state, after, limit).await
     }
-    async fn batch_items(
+    async fn batch_items_page(
         &self,
         user: &UserId,
         batch: &BatchId,
-    ) -> Result<Vec<PaymentRecord>, StoreError> {
-        self.inner.batch_items(user, batch).await
+        from: u32,
+        limit: usize,
+    ) -> Result<(Vec<PaymentRecord>, bool), StoreError> {
+        self.inner.batch_items_page(user, batch, from, limit).await
+    }
+    async fn batch_counts(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+    ) -> Result<std::collections::BTreeMap<PaymentState, u32>, StoreError> {
+        self.inner.batch_counts(user, batch).await
     }
     async fn insert_batch(&self, batch: &BatchRecord) -> Result<(), StoreError> {
         self.inner.insert_batch(batch).await

@@ -9,6 +9,7 @@ async fn main() -> Result<(), Error> {
     let service = shared::services::payments::payments_from_env(&sdk).await?;
     let service = &service;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Request>| async move {
+        shared::chaos::begin_invocation();
         Ok::<Response, Error>(api_payments::handle(service, &event.payload).await)
     }))
     .await

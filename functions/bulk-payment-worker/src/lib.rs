@@ -52,12 +52,18 @@ impl Worker {
     }
 
     /// One SQS batch, processed in parallel; answers the messages to redeliver.
-    pub async fn handle(self: &Arc<Self>, event: SqsEvent) -> Value {
+    /// Handles one batch; `deadline` is the invocation's (Lambda's `Context::deadline`,
+    /// milliseconds since the epoch; 0 when unknown).
+    pub async fn handle(self: &Arc<Self>, event: SqsEvent, deadline: u64) -> Value {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let time_left = (deadline > 0).then(|| Duration::from_millis(deadline.saturating_sub(now)));
         let mut tasks = JoinSet::new();
         for record in event.records {
             let me = Arc::clone(self);
             tasks.spawn(async move {
-                let ok = me.process(&record).await;
+                let ok = me.process(&record, time_left).await;
                 (record.message_id.unwrap_or_default(), ok)
             });
         }
@@ -76,7 +82,7 @@ impl Worker {
     }
 
     /// `true` to acknowledge the message.
-    async fn process(&self, record: &SqsMessage) -> bool {
+    async fn process(&self, record: &SqsMessage, time_left: Option<Duration>) -> bool {
         let receive: u32 = record
             .attributes
             .get("ApproximateReceiveCount")
@@ -89,7 +95,7 @@ impl Worker {
         };
         match self
             .service
-            .process_work(&work, receive, self.max_receives)
+            .process_work(&work, receive, self.max_receives, time_left)
             .await
         {
             Ok(BulkOutcome::Done | BulkOutcome::Refused) => true,

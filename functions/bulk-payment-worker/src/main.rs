@@ -9,7 +9,8 @@ async fn main() -> Result<(), Error> {
     let worker = std::sync::Arc::new(bulk_payment_worker::Worker::from_env(&sdk).await?);
     let worker = &worker;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<serde_json::Value, Error>(worker.handle(event.payload).await)
+        shared::chaos::begin_invocation();
+        Ok::<serde_json::Value, Error>(worker.handle(event.payload, event.context.deadline).await)
     }))
     .await
 }

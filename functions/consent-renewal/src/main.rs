@@ -11,6 +11,7 @@ async fn main() -> Result<(), Error> {
     let service = &service;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<EventBridgeEvent>| async move {
+            shared::chaos::begin_invocation();
             Ok::<RenewalReport, Error>(consent_renewal::handle(service, &event.payload).await)
         },
     ))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use aws_lambda_events::sqs::SqsEvent;
 use serde_json::{Value, json};
-use shared::services::payments::{Payments, PollWork};
+use shared::services::payments::{Payments, PollOutcome, PollWork};
 use tokio::task::JoinSet;
 
 /// One SQS batch, processed in parallel; answers the messages to redeliver.
@@ -33,7 +33,8 @@ pub async fn handle(service: &Arc<Payments>, event: SqsEvent) -> Value {
                         Ok(outcome) => {
                             tracing::info!(batch_id = %watch.batch_id, outcome = ?outcome,
                                 "batch watch handled");
-                            (id, true)
+                            // `Later`: not acknowledged, so it comes again.
+                            (id, outcome != PollOutcome::Later)
                         }
                         Err(e) => {
                             tracing::warn!(batch_id = %watch.batch_id,
@@ -45,9 +46,13 @@ pub async fn handle(service: &Arc<Payments>, event: SqsEvent) -> Value {
                 }
                 PollWork::Group(group) => {
                     return match service.poll_group(&group).await {
-                        Ok(handled) => {
-                            tracing::info!(polls = handled, "poll group handled");
-                            (id, true)
+                        Ok(outcome) => {
+                            tracing::info!(
+                                polls = outcome.handled,
+                                come_back = outcome.come_back,
+                                "poll group handled"
+                            );
+                            (id, !outcome.come_back)
                         }
                         Err(e) => {
                             tracing::warn!(polls = group.polls.len(),
@@ -62,7 +67,7 @@ pub async fn handle(service: &Arc<Payments>, event: SqsEvent) -> Value {
                 Ok(outcome) => {
                     tracing::info!(payment_id = %message.payment_id,
                         generation = message.generation, outcome = ?outcome, "poll handled");
-                    (id, true)
+                    (id, outcome != PollOutcome::Later)
                 }
                 Err(e) => {
                     tracing::warn!(payment_id = %message.payment_id,

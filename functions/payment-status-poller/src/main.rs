@@ -9,6 +9,7 @@ async fn main() -> Result<(), Error> {
     let service = std::sync::Arc::new(shared::services::payments::payments_from_env(&sdk).await?);
     let service = &service;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        shared::chaos::begin_invocation();
         Ok::<serde_json::Value, Error>(payment_status_poller::handle(service, event.payload).await)
     }))
     .await

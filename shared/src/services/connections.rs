@@ -1033,6 +1033,7 @@ impl Connections {
 
         // Only a crash from here until the write below leaves the bank's consent unknown
         // to us (an orphan that expires unused; see the module notes of `renewal`).
+        crate::chaos::crash_point("renewal_after_bank_call");
         let mut current = leased;
         for _ in 0..RENEWAL_ROUNDS {
             let mut recorded = current.clone();

@@ -210,7 +210,25 @@ enum ChainStart {
     ByCaller,
 }
 
-/// Several poll messages in one: the first polls of a bulk chunk's items.
+/// What [`PaymentsService::poll_group`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupOutcome {
+    /// Polls handled (any outcome).
+    pub handled: usize,
+    /// One of them was [`PollOutcome::Later`]: the group message must come again (the
+    /// others then find it stale).
+    pub come_back: bool,
+}
+
+/// The next message of a poll chain, written as due but not sent yet: sent on its own
+/// ([`PaymentsService::poll`]) or together with others ([`PaymentsService::poll_group`]).
+struct Continuation {
+    record: PaymentRecord,
+    delay: StdDuration,
+}
+
+/// Several poll messages in one: the first polls of a bulk chunk's items, and the next
+/// polls of chains that were stepped together.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PollGroup {
@@ -224,6 +242,10 @@ pub struct PollGroup {
 pub struct BatchWatch {
     pub user_id: UserId,
     pub batch_id: crate::domain::BatchId,
+    /// The watch chain's generation this message belongs to (see
+    /// [`crate::store::BatchRecord::watch_generation`]).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// Any message of the payment status queue.
@@ -244,6 +266,17 @@ pub struct PollMessage {
     pub generation: u64,
 }
 
+impl PollMessage {
+    /// The message of `record`'s live generation.
+    pub fn live(record: &PaymentRecord) -> PollMessage {
+        PollMessage {
+            user_id: record.user_id.clone(),
+            payment_id: record.payment_id.clone(),
+            generation: record.poll.generation,
+        }
+    }
+}
+
 /// What one poll message did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -260,6 +293,11 @@ pub enum PollOutcome {
     Stopped,
     /// Resent the live message that a crashed step had not sent.
     Resent,
+    /// The message before the live one, whose step moved the chain on but has not (yet)
+    /// recorded sending the next message: too early to tell a crash from a step still at
+    /// work, so the message must come again later (not be acknowledged) to resend it if
+    /// the step died.
+    Later,
 }
 
 /// `POST /v1/payments` answer.
@@ -515,9 +553,13 @@ impl Payments {
     ) -> Result<PaymentRecord, ServiceError> {
         let connector = self.connector(&record.bank_id)?;
         let initiation = self.initiation(&record);
+        crate::chaos::crash_point("before_bank_call");
         let answer = connector.initiate_payment(&initiation).await;
         match answer {
-            Ok(initiated) => self.record_initiated(record, initiated, chain).await,
+            Ok(initiated) => {
+                crate::chaos::crash_point("after_bank_call");
+                self.record_initiated(record, initiated, chain).await
+            }
             Err(e) => {
                 warn!(payment_id = %record.payment_id, bank_id = %record.bank_id, code = e.code(),
                     "the bank did not accept the initiation");
@@ -608,6 +650,7 @@ impl Payments {
                 Ok(saved) => {
                     info!(payment_id = %saved.payment_id, bank_id = %saved.bank_id,
                         status = %initiated.status, "payment initiated at the bank");
+                    crate::chaos::crash_point("after_write");
                     return Ok(saved);
                 }
                 Err(StoreError::VersionConflict { .. }) => {
@@ -1251,33 +1294,90 @@ impl Payments {
 
     // ---- status polling ----------------------------------------------------------------
 
-    /// Handles a group of poll messages, ten at a time; answers how many.
+    /// Handles a group of poll messages, ten at a time; answers how many. The chains
+    /// that go on go on together: their next messages leave as groups (one per delay, up
+    /// to [`crate::store::BATCH_CHUNK_ITEMS`] each) instead of one message per payment,
+    /// so a batch's items keep the status queue short however many there are.
     ///
     /// # Errors
-    /// The first failure of any of them, after all were tried: the group is then retried
-    /// by the queue, and the generation check drops the ones handled now.
-    pub async fn poll_group(&self, group: &PollGroup) -> Result<usize, ServiceError> {
+    /// The first failure of any of them, after all were tried and the next messages of
+    /// the others were sent: the group is then retried by the queue, and the generation
+    /// check drops the ones handled now.
+    pub async fn poll_group(&self, group: &PollGroup) -> Result<GroupOutcome, ServiceError> {
         use futures::StreamExt as _;
-        let polls: Vec<_> = group.polls.iter().map(|m| self.poll(m)).collect();
-        let results: Vec<Result<PollOutcome, ServiceError>> = futures::stream::iter(polls)
-            .buffer_unordered(10)
-            .collect()
-            .await;
+        let polls: Vec<_> = group.polls.iter().map(|m| self.poll_one(m)).collect();
+        let results: Vec<Result<(PollOutcome, Option<Continuation>), ServiceError>> =
+            futures::stream::iter(polls)
+                .buffer_unordered(10)
+                .collect()
+                .await;
         let mut first_error = None;
         let mut handled = 0;
+        let mut come_back = false;
+        let mut next = Vec::new();
         for result in results {
             match result {
-                Ok(_) => handled += 1,
+                Ok((outcome, continuation)) => {
+                    handled += 1;
+                    come_back |= outcome == PollOutcome::Later;
+                    next.extend(continuation);
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
+        self.send_group_continuations(next).await?;
         match first_error {
             // The group comes again; the payments handled now find their message stale.
             Some(e) => Err(e),
-            None => Ok(handled),
+            None => Ok(GroupOutcome { handled, come_back }),
         }
+    }
+
+    /// Sends the next messages of chains stepped together ([`Self::send_poll_groups`]),
+    /// then marks each record sent (as [`Self::send_live`] does for one).
+    async fn send_group_continuations(&self, next: Vec<Continuation>) -> Result<(), ServiceError> {
+        use futures::StreamExt as _;
+        self.send_poll_groups(next.iter().map(|c| (c.delay, &c.record)))
+            .await?;
+        let marks = next.into_iter().map(|c| self.mark_sent(c.record));
+        futures::stream::iter(marks)
+            .buffer_unordered(10)
+            .collect::<Vec<_>>()
+            .await;
+        Ok(())
+    }
+
+    /// Sends the live poll messages of `polls` (each after its delay, in whole seconds) as
+    /// groups: one status queue message per delay for up to
+    /// [`crate::store::BATCH_CHUNK_ITEMS`] payments.
+    pub(super) async fn send_poll_groups<'a>(
+        &self,
+        polls: impl IntoIterator<Item = (StdDuration, &'a PaymentRecord)>,
+    ) -> Result<(), ServiceError> {
+        let mut by_delay: std::collections::BTreeMap<u64, Vec<PollMessage>> =
+            std::collections::BTreeMap::new();
+        for (delay, record) in polls {
+            let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            by_delay
+                .entry(secs)
+                .or_default()
+                .push(PollMessage::live(record));
+        }
+        for (secs, polls) in by_delay {
+            for chunk in polls.chunks(crate::store::BATCH_CHUNK_ITEMS) {
+                let body = serde_json::to_string(&PollWork::Group(PollGroup {
+                    polls: chunk.to_vec(),
+                }))
+                .expect("poll groups serialise");
+                self.status_queue
+                    .send(&body, StdDuration::from_secs(secs))
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("payment status queue: {e}")))?;
+            }
+        }
+        Ok(())
     }
 
     /// Handles one poll message (module docs: one live chain, generation check).
@@ -1286,39 +1386,62 @@ impl Payments {
     /// A store or queue failure: the message is then retried by the queue, and the
     /// generation check keeps the retry from doubling anything.
     pub async fn poll(&self, message: &PollMessage) -> Result<PollOutcome, ServiceError> {
+        let (outcome, next) = self.poll_one(message).await?;
+        if let Some(next) = next {
+            self.send_live(next.record, next.delay).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// [`Self::poll`] up to the next message of the chain, which is left to the caller.
+    async fn poll_one(
+        &self,
+        message: &PollMessage,
+    ) -> Result<(PollOutcome, Option<Continuation>), ServiceError> {
         for _ in 0..4 {
             let Some(record) = self
                 .payments
                 .get(&message.user_id, &message.payment_id)
                 .await?
             else {
-                return Ok(PollOutcome::Dropped);
+                return Ok((PollOutcome::Dropped, None));
             };
             if record.is_final() || record.poll.gave_up {
                 if !record.outcome_notified {
                     self.notify_outcome(record).await?;
                 }
-                return Ok(PollOutcome::Dropped);
+                return Ok((PollOutcome::Dropped, None));
             }
             let now = self.clock.now();
             if message.generation + 1 == record.poll.generation
                 && !record.poll.sent
                 && !record.poll.stopped
-                && record.updated_at + self.config.resend_after <= now
+                && record.updated_at + self.config.resend_after > now
+            {
+                return Ok((PollOutcome::Later, None));
+            }
+            if message.generation + 1 == record.poll.generation
+                && !record.poll.sent
+                && !record.poll.stopped
             {
                 info!(payment_id = %record.payment_id, generation = record.poll.generation,
                     "resending a poll message that a crashed step did not send");
-                self.send_live(record, StdDuration::ZERO).await?;
-                return Ok(PollOutcome::Resent);
+                return Ok((
+                    PollOutcome::Resent,
+                    Some(Continuation {
+                        record,
+                        delay: StdDuration::ZERO,
+                    }),
+                ));
             }
             if message.generation != record.poll.generation {
-                return Ok(PollOutcome::Dropped);
+                return Ok((PollOutcome::Dropped, None));
             }
             match self.poll_step(record).await {
                 Err(ServiceError::Store(StoreError::VersionConflict { .. })) => continue,
-                Ok(PollOutcome::Stopped) => {
+                Ok((PollOutcome::Stopped, _)) => {
                     if self.mark_stopped(message).await? {
-                        return Ok(PollOutcome::Stopped);
+                        return Ok((PollOutcome::Stopped, None));
                     }
                     // The initiation was retried meanwhile (the bank has the payment, or a
                     // new attempt holds the lease): this message is still the live one, so
@@ -1337,14 +1460,17 @@ impl Payments {
 
     /// One step of the live chain: ask the bank (or wait for / repeat the initiation),
     /// record, notify on a final status, queue the next poll.
-    async fn poll_step(&self, record: PaymentRecord) -> Result<PollOutcome, ServiceError> {
+    async fn poll_step(
+        &self,
+        record: PaymentRecord,
+    ) -> Result<(PollOutcome, Option<Continuation>), ServiceError> {
         let now = self.clock.now();
         let elapsed = elapsed_since(record.poll.started_at.unwrap_or(record.created_at), now);
         let mut next = record.clone();
         let next_poll = match &record.bank_payment_id {
             None if record.failure.is_some() => {
                 // Failed for good, or waiting for the caller's retry with the same key.
-                return Ok(PollOutcome::Stopped);
+                return Ok((PollOutcome::Stopped, None));
             }
             None if lease_live(&record, now) => {
                 // The caller is at the bank right now: look again when its lease ends.
@@ -1370,11 +1496,11 @@ impl Payments {
                 info!(payment_id = %leased.payment_id, "repeating an unfinished initiation");
                 let after = match self.initiate_at_bank(leased).await {
                     Ok(after) => after,
-                    Err(ServiceError::Bank(_)) => return Ok(PollOutcome::Stopped),
+                    Err(ServiceError::Bank(_)) => return Ok((PollOutcome::Stopped, None)),
                     Err(e) => return Err(e),
                 };
                 if after.bank_payment_id.is_none() {
-                    return Ok(PollOutcome::Stopped);
+                    return Ok((PollOutcome::Stopped, None));
                 }
                 next = after;
                 self.config.schedule.next(elapsed)
@@ -1382,7 +1508,9 @@ impl Payments {
             Some(bank_payment) => {
                 let connector = self.connector(&record.bank_id)?;
                 next.poll.bank_calls += 1;
-                match connector.payment_status(record.product, bank_payment).await {
+                let answer = connector.payment_status(record.product, bank_payment).await;
+                crate::chaos::crash_point("poll_after_bank_call");
+                match answer {
                     Ok(status) => {
                         next.poll.errors = 0;
                         apply_status(&mut next, status, now);
@@ -1427,15 +1555,20 @@ impl Payments {
         };
         next.updated_at = self.clock.now();
         let saved = self.payments.update(&next).await?;
+        crate::chaos::crash_point("poll_after_write");
         match (outcome, next_poll) {
-            (PollOutcome::Continued, NextPoll::After(delay)) => {
-                self.send_live(saved, delay).await?;
-            }
+            (PollOutcome::Continued, NextPoll::After(delay)) => Ok((
+                outcome,
+                Some(Continuation {
+                    record: saved,
+                    delay,
+                }),
+            )),
             _ => {
                 self.notify_outcome(saved).await?;
+                Ok((outcome, None))
             }
         }
-        Ok(outcome)
     }
 
     /// Ends the chain of `message` (its initiation failed): no live message until a retry
@@ -1482,14 +1615,20 @@ impl Payments {
         delay: StdDuration,
     ) -> Result<PaymentRecord, ServiceError> {
         self.send_poll(&record, delay).await?;
+        Ok(self.mark_sent(record).await)
+    }
+
+    /// Records that the live message of `record` was sent. A failed mark is harmless (see
+    /// [`Self::send_live`]): the record is answered as it was.
+    async fn mark_sent(&self, record: PaymentRecord) -> PaymentRecord {
         let mut sent = record.clone();
         sent.poll.sent = true;
         sent.poll.stopped = false;
         match self.payments.update(&sent).await {
-            Ok(saved) => Ok(saved),
+            Ok(saved) => saved,
             Err(e) => {
                 warn!(payment_id = %record.payment_id, error = %e, "could not mark a poll message sent");
-                Ok(record)
+                record
             }
         }
     }
@@ -1512,12 +1651,8 @@ impl Payments {
         record: &PaymentRecord,
         delay: StdDuration,
     ) -> Result<(), ServiceError> {
-        let message = PollMessage {
-            user_id: record.user_id.clone(),
-            payment_id: record.payment_id.clone(),
-            generation: record.poll.generation,
-        };
-        let body = serde_json::to_string(&message).expect("poll messages serialise");
+        let body =
+            serde_json::to_string(&PollMessage::live(record)).expect("poll messages serialise");
         self.status_queue
             .send(&body, delay)
             .await

@@ -11,10 +11,12 @@
 //! - **Fan-out**: the worker expands a chunk message into the chunk's payment records
 //!   (state `queued`; each written only if it does not exist yet, so a redelivered chunk
 //!   never resets an item that moved on) and initiates the items it wrote itself, within
-//!   [`CHUNK_BUDGET`]; only what is left (transient failures, items it had no time or rate
-//!   slot for, items of a redelivered chunk) gets one queue message per item. Items get
-//!   ids and `X-Request-ID`s derived from the batch and their index, so every expansion
-//!   produces the same items.
+//!   [`CHUNK_BUDGET`] (less when the invocation's deadline is nearer: [`CHUNK_TAIL`] is
+//!   kept); only what is left (transient failures, items it had no time or rate slot for,
+//!   items of a redelivered chunk) gets one queue message per item. One delivery expands a
+//!   chunk at a time (a lease on the chunk record); a duplicate delivered meanwhile looks
+//!   again after the lease. Items get ids and `X-Request-ID`s derived from the batch and
+//!   their index, so every expansion produces the same items.
 //! - **An item** (in its chunk, or from its own message) takes a slot of the bank's
 //!   per-second budget (an atomic counter shared by all workers, handed out within a
 //!   process by [`super::super::rate_pool`]), then is claimed with a conditional write (a
@@ -28,8 +30,13 @@
 //!   receives; a permanent refusal marks the item rejected with the bank's code. An item
 //!   still failing on its last receive is marked failed with the reason and its message
 //!   goes to the DLQ.
-//! - **Totals** are derived from the items (index `ByGsi1`); items of chunks not expanded
-//!   yet count as queued. They cannot drift however often a message is retried.
+//! - **Totals** are derived from the items (index `ByGsi1`, their `state` attribute only);
+//!   items of chunks not expanded yet count as queued. They cannot drift however often a
+//!   message is retried. Items are read a page at a time from the cursor's index.
+//! - **Status polls** of a chunk's items start as one group message, and chains stepped
+//!   together go on together (one message per delay for up to 100 items).
+//! - **The watch** (one chain per batch, with a generation on the batch record) tells the
+//!   user once when every item is final.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration as StdDuration;
@@ -73,10 +80,23 @@ const ITEM_FIELDS: [&str; 5] = [
 /// messages (the worker's timeout in template.yaml is 60 s; an item started just before
 /// takes at most its bank's `timeoutMs` and a few writes more).
 pub const CHUNK_BUDGET: StdDuration = StdDuration::from_secs(40);
+/// What a chunk keeps of its invocation's time for the work after its last start: that
+/// bank call (its `timeoutMs`), the writes, the poll group and the item messages.
+pub const CHUNK_TAIL: StdDuration = StdDuration::from_secs(30);
+/// Longest wait of a chunk's item for a rate slot.
+const CHUNK_SLOT_WAIT_SECS: u64 = 10;
+/// How long one delivery of a chunk message holds the chunk: its budget, and the rest of
+/// the worker's 60 s timeout, so that a lease outlives the delivery holding it.
+pub const CHUNK_LEASE: chrono::Duration = chrono::Duration::seconds(70);
 /// Items of one chunk at the bank (or waiting for a rate slot) at once.
 const CHUNK_CONCURRENCY: usize = 10;
 /// How long after acceptance a batch's watch gives up (module docs of `watch_batch`).
 pub const WATCH_HORIZON: chrono::Duration = chrono::Duration::hours(72);
+
+/// How old a watch look's write must be before a redelivered message sends the look's
+/// lost message again (the status queue's visibility timeout, 180 s, is longer: a crashed
+/// look's message comes back after it).
+pub const WATCH_RESEND_AFTER: chrono::Duration = chrono::Duration::seconds(60);
 /// Namespace of the items' `X-Request-ID`s (UUID v5 of the item id).
 const ITEM_REQUEST_NAMESPACE: Uuid = Uuid::from_u128(0x3b9e_51c2_7d04_4a8f_b6e1_0c55_92d7_1a3e);
 
@@ -109,8 +129,11 @@ pub enum BulkWork {
 enum ItemClaim {
     /// Leased to this worker, with a rate slot: initiate it.
     Claimed(Box<PaymentRecord>),
-    /// Nothing to do (unknown, initiated, or another worker holds it).
+    /// Nothing to do (unknown, or initiated).
     Nothing,
+    /// Another worker holds it (its lease runs this much longer): look again after that,
+    /// since a holder that died leaves it to this message.
+    Busy(StdDuration),
     /// The bank refused it for good.
     Refused,
     /// No rate slot came in time: try again later.
@@ -239,6 +262,7 @@ impl Payments {
                 first_index: u32::try_from(n * BATCH_CHUNK_ITEMS).expect("at most 1000 items"),
                 items: items.to_vec(),
                 expanded: false,
+                lease_until: None,
                 version: 0,
             })
             .collect();
@@ -258,6 +282,9 @@ impl Payments {
                     chunks_written: false,
                     enqueued: false,
                     done_notified: false,
+                    watch_generation: 0,
+                    watch_unsent: false,
+                    watch_at: None,
                     created_at: now,
                     version: 0,
                 };
@@ -285,8 +312,16 @@ impl Payments {
                 })
                 .collect();
             self.send_bulk(&messages).await?;
-            // The batch's watch: it tells the user when every item is final.
-            self.send_watch(user, &batch_id).await?;
+            // The batch's watch: it tells the user when every item is final. (A retry of
+            // an acceptance that died before the write below sends it again: the copies
+            // share generation 0, and the first to look moves it on.)
+            self.send_watch(
+                user,
+                &batch_id,
+                batch.watch_generation,
+                self.config.batch_watch,
+            )
+            .await?;
             batch.enqueued = true;
             batch = self.payments.update_batch(&batch).await?;
             info!(batch_id = %batch_id, items = total, chunks = chunks.len(), "batch accepted");
@@ -316,6 +351,16 @@ impl Payments {
     /// # Errors
     /// A store or queue failure: SQS redelivers the chunk message.
     pub async fn expand_chunk(&self, message: &ChunkMessage) -> Result<BulkOutcome, ServiceError> {
+        self.expand_chunk_within(message, CHUNK_BUDGET).await
+    }
+
+    /// [`Self::expand_chunk`], starting initiations for at most `budget` (what the
+    /// invocation's time left allows, [`CHUNK_TAIL`] kept for what comes after).
+    async fn expand_chunk_within(
+        &self,
+        message: &ChunkMessage,
+        budget: StdDuration,
+    ) -> Result<BulkOutcome, ServiceError> {
         let started = std::time::Instant::now();
         let user = &message.user_id;
         let (batch, chunk) = tokio::try_join!(
@@ -331,6 +376,23 @@ impl Payments {
         if chunk.expanded {
             return Ok(BulkOutcome::Done);
         }
+        // One delivery at a time: a duplicate delivered while another expands the chunk
+        // looks again when that one's lease ends (by then the chunk is marked expanded,
+        // unless its holder died, and then this one takes over).
+        let now = self.clock.now();
+        if let Some(until) = chunk.lease_until.filter(|until| *until > now) {
+            let wait = (until - now).to_std().unwrap_or_default() + StdDuration::from_secs(1);
+            return Ok(BulkOutcome::Requeue(wait));
+        }
+        let mut leased = chunk;
+        leased.lease_until = Some(now + CHUNK_LEASE);
+        let chunk = match self.payments.update_chunk(&leased).await {
+            Ok(chunk) => chunk,
+            Err(StoreError::VersionConflict { .. }) => {
+                return Ok(BulkOutcome::Requeue(StdDuration::from_secs(5)));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let items = chunk
             .items
             .iter()
@@ -341,6 +403,7 @@ impl Payments {
             })
             .collect::<Result<Vec<_>, ServiceError>>()?;
         let stored = self.payments.insert_many(&items).await?;
+        crate::chaos::crash_point("chunk_after_store");
         let (fresh, existing): (Vec<_>, Vec<_>) = items
             .into_iter()
             .zip(stored)
@@ -378,7 +441,7 @@ impl Payments {
         use futures::StreamExt as _;
         let attempts: Vec<_> = fresh
             .into_iter()
-            .map(|(record, _)| self.initiate_fresh(record, started))
+            .map(|(record, _)| self.initiate_fresh(record, started, budget))
             .collect();
         let outcomes: Vec<(PaymentRecord, Option<StdDuration>)> = futures::stream::iter(attempts)
             .buffer_unordered(CHUNK_CONCURRENCY)
@@ -418,8 +481,10 @@ impl Payments {
                 .collect();
             self.send_bulk(&messages).await?;
         }
+        crate::chaos::crash_point("chunk_before_mark");
         let mut done = chunk;
         done.expanded = true;
+        done.lease_until = None;
         match self.payments.update_chunk(&done).await {
             Ok(_) | Err(StoreError::VersionConflict { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -430,14 +495,21 @@ impl Payments {
         Ok(BulkOutcome::Done)
     }
 
-    async fn send_watch(&self, user: &UserId, batch: &BatchId) -> Result<(), ServiceError> {
+    async fn send_watch(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+        generation: u64,
+        delay: StdDuration,
+    ) -> Result<(), ServiceError> {
         let body = serde_json::to_string(&PollWork::Watch(BatchWatch {
             user_id: user.clone(),
             batch_id: batch.clone(),
+            generation,
         }))
         .expect("batch watches serialise");
         self.status_queue
-            .send(&body, self.config.batch_watch)
+            .send(&body, delay)
             .await
             .map_err(|e| StoreError::Backend(format!("payment status queue: {e}")))?;
         Ok(())
@@ -449,36 +521,105 @@ impl Payments {
     /// batch was accepted (its items give up polling after 24 hours, so it is done by
     /// then unless an item message is stuck in the DLQ).
     ///
+    /// One chain per batch, as a payment's poll chain: a look moves the batch's watch
+    /// generation with a conditional write before it sends the next message, so a
+    /// duplicate or late message (SQS delivers at least once) is dropped instead of
+    /// starting a second chain; a look that died between that write and its send is sent
+    /// again by its own redelivery, once the write is [`WATCH_RESEND_AFTER`] old.
+    ///
     /// # Errors
-    /// A store or queue failure: the message is retried (a duplicate watch is harmless:
-    /// the notification is stored once per event id).
+    /// A store or queue failure: the message is retried (the notification is stored once
+    /// per event id).
     pub async fn watch_batch(&self, watch: &BatchWatch) -> Result<PollOutcome, ServiceError> {
-        let Some(batch) = self
-            .payments
-            .get_batch(&watch.user_id, &watch.batch_id)
-            .await?
-        else {
-            return Ok(PollOutcome::Dropped);
-        };
-        if batch.done_notified {
-            return Ok(PollOutcome::Dropped);
+        for _ in 0..4 {
+            let Some(batch) = self
+                .payments
+                .get_batch(&watch.user_id, &watch.batch_id)
+                .await?
+            else {
+                return Ok(PollOutcome::Dropped);
+            };
+            if batch.done_notified {
+                return Ok(PollOutcome::Dropped);
+            }
+            let now = self.clock.now();
+            if watch.generation + 1 == batch.watch_generation
+                && batch.watch_unsent
+                && batch
+                    .watch_at
+                    .is_some_and(|at| at + WATCH_RESEND_AFTER > now)
+            {
+                // Too early to tell a crashed look from one still sending: come again.
+                return Ok(PollOutcome::Later);
+            }
+            if watch.generation + 1 == batch.watch_generation && batch.watch_unsent {
+                info!(batch_id = %batch.batch_id, generation = batch.watch_generation,
+                    "resending a batch watch that a crashed look did not send");
+                self.send_watch(
+                    &batch.user_id,
+                    &batch.batch_id,
+                    batch.watch_generation,
+                    StdDuration::ZERO,
+                )
+                .await?;
+                self.mark_watch_sent(batch).await;
+                return Ok(PollOutcome::Resent);
+            }
+            if watch.generation != batch.watch_generation {
+                return Ok(PollOutcome::Dropped);
+            }
+            match self.watch_look(batch).await {
+                Err(ServiceError::Store(StoreError::VersionConflict { .. })) => continue,
+                other => return other,
+            }
         }
-        let items = self
+        Err(StoreError::VersionConflict {
+            expected: watch.generation,
+        }
+        .into())
+    }
+
+    async fn mark_watch_sent(&self, batch: BatchRecord) {
+        let mut sent = batch;
+        sent.watch_unsent = false;
+        if let Err(e) = self.payments.update_batch(&sent).await {
+            warn!(batch_id = %sent.batch_id, error = %e, "could not mark a batch watch sent");
+        }
+    }
+
+    /// The look of the live watch message.
+    async fn watch_look(&self, batch: BatchRecord) -> Result<PollOutcome, ServiceError> {
+        let watch = BatchWatch {
+            user_id: batch.user_id.clone(),
+            batch_id: batch.batch_id.clone(),
+            generation: batch.watch_generation,
+        };
+        let counts = self
             .payments
-            .batch_items(&watch.user_id, &watch.batch_id)
+            .batch_counts(&watch.user_id, &watch.batch_id)
             .await?;
-        let stored = u32::try_from(items.len()).unwrap_or(u32::MAX);
-        let done =
-            batch.enqueued && stored == batch.total && items.iter().all(|p| p.state().is_final());
-        if !done {
-            if self.clock.now() - batch.created_at > WATCH_HORIZON {
+        if !(batch.enqueued && final_items(&counts) == batch.total) {
+            let now = self.clock.now();
+            if now - batch.created_at > WATCH_HORIZON {
                 warn!(batch_id = %batch.batch_id, "batch not finished after its watch horizon; watch ends");
                 return Ok(PollOutcome::GaveUp);
             }
-            self.send_watch(&watch.user_id, &watch.batch_id).await?;
+            let mut next = batch;
+            next.watch_generation += 1;
+            next.watch_unsent = true;
+            next.watch_at = Some(now);
+            let next = self.payments.update_batch(&next).await?;
+            self.send_watch(
+                &next.user_id,
+                &next.batch_id,
+                next.watch_generation,
+                self.config.batch_watch,
+            )
+            .await?;
+            self.mark_watch_sent(next).await;
             return Ok(PollOutcome::Continued);
         }
-        let count = |state: PaymentState| items.iter().filter(|p| p.state() == state).count();
+        let count = |state: PaymentState| counts.get(&state).copied().unwrap_or(0);
         let (completed, rejected) = (
             count(PaymentState::Completed),
             count(PaymentState::Rejected),
@@ -516,9 +657,11 @@ impl Payments {
             .notify(&notification)
             .await
             .map_err(StoreError::from)?;
+        crate::chaos::crash_point("watch_after_notify");
         let mut marked = batch;
         marked.done_notified = true;
         match self.payments.update_batch(&marked).await {
+            // Told already by a concurrent look (the notification is stored once).
             Ok(_) | Err(StoreError::VersionConflict { .. }) => {}
             Err(e) => return Err(e.into()),
         }
@@ -529,30 +672,8 @@ impl Payments {
     /// The first poll messages of `records`' chains, in groups of up to 100 per delay (one
     /// status queue message per chunk instead of one per item).
     async fn start_chains(&self, records: &[PaymentRecord]) -> Result<(), ServiceError> {
-        let mut by_delay: BTreeMap<StdDuration, Vec<PollMessage>> = BTreeMap::new();
-        for p in records {
-            by_delay
-                .entry(self.first_poll_delay(p))
-                .or_default()
-                .push(PollMessage {
-                    user_id: p.user_id.clone(),
-                    payment_id: p.payment_id.clone(),
-                    generation: p.poll.generation,
-                });
-        }
-        for (delay, polls) in by_delay {
-            for chunk in polls.chunks(BATCH_CHUNK_ITEMS) {
-                let body = serde_json::to_string(&PollWork::Group(PollGroup {
-                    polls: chunk.to_vec(),
-                }))
-                .expect("poll groups serialise");
-                self.status_queue
-                    .send(&body, delay)
-                    .await
-                    .map_err(|e| StoreError::Backend(format!("payment status queue: {e}")))?;
-            }
-        }
-        Ok(())
+        self.send_poll_groups(records.iter().map(|p| (self.first_poll_delay(p), p)))
+            .await
     }
 
     /// One item just stored by [`Self::expand_chunk`]: a rate slot, the claim, the bank.
@@ -562,11 +683,14 @@ impl Payments {
         &self,
         record: PaymentRecord,
         started: std::time::Instant,
+        budget: StdDuration,
     ) -> (PaymentRecord, Option<StdDuration>) {
-        let Some(left) = CHUNK_BUDGET.checked_sub(started.elapsed()) else {
+        let Some(left) = budget.checked_sub(started.elapsed()) else {
             return (record, Some(StdDuration::ZERO));
         };
-        let max_wait = u32::try_from(left.as_secs()).unwrap_or(0);
+        // An item that gets no slot soon takes the item path (its own message, 1 s later)
+        // rather than holding the chunk's invocation.
+        let max_wait = u32::try_from(left.as_secs().min(CHUNK_SLOT_WAIT_SECS)).unwrap_or(0);
         match self.wait_for_rate_slot(&record.bank_id, max_wait).await {
             Ok(true) => {}
             Ok(false) => return (record, Some(StdDuration::from_secs(1))),
@@ -604,6 +728,29 @@ impl Payments {
                 ),
             ),
         }
+    }
+
+    /// The record `index` of `chunk` as its expansion writes it (for tests).
+    #[cfg(test)]
+    pub(crate) async fn item_record_for_tests(
+        &self,
+        chunk: &ChunkMessage,
+        index: u32,
+    ) -> PaymentRecord {
+        let batch = self
+            .payments
+            .get_batch(&chunk.user_id, &chunk.batch_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let stored = self
+            .payments
+            .get_chunk(&chunk.user_id, &chunk.batch_id, chunk.chunk)
+            .await
+            .unwrap()
+            .unwrap();
+        let at = usize::try_from(index - stored.first_index).unwrap();
+        self.item_record(&batch, index, &stored.items[at]).unwrap()
     }
 
     /// The payment record of item `index`: id and `X-Request-ID` derived from the batch,
@@ -705,6 +852,7 @@ impl Payments {
         let claimed = match self.claim_item(message).await? {
             ItemClaim::Claimed(record) => *record,
             ItemClaim::Nothing => return Ok(BulkOutcome::Done),
+            ItemClaim::Busy(wait) => return Ok(BulkOutcome::Requeue(wait)),
             ItemClaim::Refused => return Ok(BulkOutcome::Refused),
             ItemClaim::NoSlot => return Ok(BulkOutcome::Requeue(StdDuration::from_secs(1))),
         };
@@ -750,9 +898,14 @@ impl Payments {
             if record.failure.as_ref().is_some_and(|f| !f.retryable) {
                 return Ok(ItemClaim::Refused);
             }
-            if !record.queued && record.failure.is_none() && lease_live(&record, self.clock.now()) {
+            let now = self.clock.now();
+            if !record.queued && record.failure.is_none() && lease_live(&record, now) {
                 // Another worker is at the bank with it right now.
-                return Ok(ItemClaim::Nothing);
+                let left = record
+                    .lease_until
+                    .and_then(|until| (until - now).to_std().ok())
+                    .unwrap_or_default();
+                return Ok(ItemClaim::Busy(left + StdDuration::from_secs(1)));
             }
             if !slot {
                 if !self
@@ -775,8 +928,8 @@ impl Payments {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Four lost races in a row: someone else is busy with it.
-        Ok(ItemClaim::Nothing)
+        // Four lost races in a row: someone else is busy with it; look again soon.
+        Ok(ItemClaim::Busy(StdDuration::from_secs(5)))
     }
 
     /// Any bulk queue message: a chunk is expanded ([`Self::expand_chunk`]), an item
@@ -784,18 +937,27 @@ impl Payments {
     ///
     /// # Errors
     /// As those two.
+    ///
+    /// `time_left` is the invocation's (from its deadline): a chunk starts initiations
+    /// only while [`CHUNK_TAIL`] of it remains, so the rest of its work ends in time.
     pub async fn process_work(
         &self,
         work: &BulkWork,
         receive: u32,
         max_receives: u32,
+        time_left: Option<StdDuration>,
     ) -> Result<BulkOutcome, ServiceError> {
         match work {
             BulkWork::Item(message) => {
                 self.process_item_or_give_up(message, receive, max_receives)
                     .await
             }
-            BulkWork::Chunk(message) => self.expand_chunk(message).await,
+            BulkWork::Chunk(message) => {
+                let budget = time_left
+                    .map_or(CHUNK_BUDGET, |left| left.saturating_sub(CHUNK_TAIL))
+                    .min(CHUNK_BUDGET);
+                self.expand_chunk_within(message, budget).await
+            }
         }
     }
 
@@ -936,9 +1098,10 @@ impl Payments {
             .get_batch(user, &id)
             .await?
             .ok_or(ServiceError::NotFound)?;
-        let mut items = self.payments.batch_items(user, &id).await?;
-        items.retain(|p| p.user_id == *user);
-        items.sort_by_key(|p| p.batch_index);
+        let ((items, more), stored) = futures::try_join!(
+            self.payments.batch_items_page(user, &id, from, limit),
+            self.payments.batch_counts(user, &id),
+        )?;
         let mut counts: BTreeMap<&'static str, u32> = [
             PaymentState::Queued,
             PaymentState::Initiating,
@@ -950,23 +1113,19 @@ impl Payments {
             PaymentState::Unknown,
         ]
         .into_iter()
-        .map(|s| (s.as_str(), 0))
+        .map(|s| (s.as_str(), stored.get(&s).copied().unwrap_or(0)))
         .collect();
-        let mut all_final = true;
-        for item in &items {
-            let state = item.state();
-            *counts.entry(state.as_str()).or_default() += 1;
-            all_final &= state.is_final();
-        }
-        // Items of chunks not expanded yet are queued too.
-        let stored = u32::try_from(items.len()).unwrap_or(u32::MAX);
-        *counts.entry(PaymentState::Queued.as_str()).or_default() +=
-            batch.total.saturating_sub(stored);
-        let done = batch.enqueued && stored == batch.total && all_final;
+        // Queued is the rest: items waiting for (or back in) the queue, and the items of
+        // chunks not expanded yet.
+        let counted: u32 = stored.values().sum();
+        counts.insert(
+            PaymentState::Queued.as_str(),
+            batch.total.saturating_sub(counted),
+        );
+        let done = batch.enqueued && final_items(&stored) == batch.total;
         let page: Vec<BatchItemView> = items
             .iter()
-            .filter(|p| p.batch_index.unwrap_or(0) >= from)
-            .take(limit)
+            .filter(|p| p.user_id == *user)
             .map(|p| BatchItemView {
                 index: p.batch_index.unwrap_or(0),
                 payment_id: p.payment_id.clone(),
@@ -983,9 +1142,8 @@ impl Payments {
             .collect();
         let next_cursor = page
             .last()
-            .map(|last| last.index + 1)
-            .filter(|next| items.iter().any(|p| p.batch_index.unwrap_or(0) >= *next))
-            .map(|n| n.to_string());
+            .filter(|_| more)
+            .map(|last| (last.index + 1).to_string());
         Ok(BatchView {
             batch_id: batch.batch_id,
             bank_id: batch.bank_id,
@@ -1281,4 +1439,13 @@ fn iban_of(body: &Map<String, Value>, field: &str) -> Result<String, (String, St
         }
         Some(_) => Err((field.to_owned(), "must be an object with an iban".into())),
     }
+}
+
+/// How many of a batch's items are final, from its counters.
+fn final_items(counts: &BTreeMap<PaymentState, u32>) -> u32 {
+    counts
+        .iter()
+        .filter(|(state, _)| state.is_final())
+        .map(|(_, n)| n)
+        .sum()
 }

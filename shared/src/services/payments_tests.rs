@@ -102,18 +102,41 @@ impl PaymentStore for MemPayments {
         Ok(PaymentPage { payments, next })
     }
 
-    async fn batch_items(
+    async fn batch_items_page(
         &self,
         user: &UserId,
         batch: &crate::domain::BatchId,
-    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        from: u32,
+        limit: usize,
+    ) -> Result<(Vec<PaymentRecord>, bool), StoreError> {
         let mut items: Vec<PaymentRecord> = self
             .all()
             .into_iter()
             .filter(|p| &p.user_id == user && p.batch_id.as_ref() == Some(batch))
+            .filter(|p| p.batch_index.unwrap_or(0) >= from)
             .collect();
         items.sort_by_key(|p| p.batch_index);
-        Ok(items)
+        let more = items.len() > limit;
+        items.truncate(limit);
+        Ok((items, more))
+    }
+
+    /// Derived from the records here (the ground truth the store's counters must match).
+    async fn batch_counts(
+        &self,
+        user: &UserId,
+        batch: &crate::domain::BatchId,
+    ) -> Result<std::collections::BTreeMap<PaymentState, u32>, StoreError> {
+        let mut counts = std::collections::BTreeMap::new();
+        for p in self.all() {
+            if &p.user_id == user
+                && p.batch_id.as_ref() == Some(batch)
+                && p.state() != PaymentState::Queued
+            {
+                *counts.entry(p.state()).or_default() += 1;
+            }
+        }
+        Ok(counts)
     }
 
     async fn insert_batch(&self, batch: &crate::store::BatchRecord) -> Result<(), StoreError> {
@@ -305,6 +328,20 @@ impl DelayQueue {
                 PollWork::Watch(_) => unreachable!(),
             })
             .collect()
+    }
+
+    /// The poll groups queued, as sent, with their delays (the rest stays).
+    fn take_groups(&self) -> Vec<(PollGroup, StdDuration)> {
+        let mut queued = self.0.lock().unwrap();
+        let mut groups = Vec::new();
+        queued.retain(|(body, delay)| match serde_json::from_str(body) {
+            Ok(PollWork::Group(g)) => {
+                groups.push((g, *delay));
+                false
+            }
+            _ => true,
+        });
+        groups
     }
 
     /// The batch watches queued, with their delays.
@@ -960,9 +997,12 @@ async fn a_step_that_crashed_before_sending_is_resent_by_its_redelivery() {
         ..h.svc
     };
     assert!(svc.poll(&message).await.is_err());
-    // An immediate redelivery (a duplicate) is dropped: the step may still be running.
-    assert_eq!(svc.poll(&message).await.unwrap(), PollOutcome::Dropped);
-    // The redelivery after the visibility timeout resends the missing message.
+    // An early redelivery (a duplicate, or a short visibility timeout) cannot tell a
+    // crashed step from one still sending: it is not acknowledged, and comes again.
+    assert_eq!(svc.poll(&message).await.unwrap(), PollOutcome::Later);
+    h.clock.advance(Duration::seconds(30));
+    assert_eq!(svc.poll(&message).await.unwrap(), PollOutcome::Later);
+    // The redelivery once the step's write is a minute old resends the missing message.
     h.clock.advance(Duration::seconds(180));
     assert_eq!(svc.poll(&message).await.unwrap(), PollOutcome::Resent);
     let sent = failing.sent.lock().unwrap().clone();
@@ -971,6 +1011,8 @@ async fn a_step_that_crashed_before_sending_is_resent_by_its_redelivery() {
     assert_eq!(next.generation, message.generation + 1);
     // And the resent message is the live one.
     assert_eq!(svc.poll(&next).await.unwrap(), PollOutcome::Continued);
+    // The old message once more (it was resent and marked): dropped for good.
+    assert_eq!(svc.poll(&message).await.unwrap(), PollOutcome::Dropped);
 }
 
 #[derive(Default)]
@@ -1257,7 +1299,7 @@ async fn items_are_claimed_once_whatever_the_duplicates() {
     assert_eq!(work.len(), 1);
     for w in work.iter().chain(&work).chain(&work) {
         assert_eq!(
-            h.svc.process_work(w, 1, 5).await.unwrap(),
+            h.svc.process_work(w, 1, 5, None).await.unwrap(),
             bulk::BulkOutcome::Done
         );
     }
@@ -1396,7 +1438,10 @@ async fn a_poll_step_that_read_a_stale_failure_does_not_end_the_chain() {
     assert_eq!(retried.status, 201, "{}", retried.body);
     assert!(h.queue.take().is_empty());
     // The step decided "stopped" from its stale read; ending the chain must be refused.
-    assert_eq!(h.svc.poll_step(stale).await.unwrap(), PollOutcome::Stopped);
+    assert_eq!(
+        h.svc.poll_step(stale).await.unwrap().0,
+        PollOutcome::Stopped
+    );
     assert!(
         !h.svc.mark_stopped(&poll).await.unwrap(),
         "the chain goes on"
@@ -1582,12 +1627,21 @@ async fn a_batch_is_announced_once_when_every_item_is_final() {
     assert_eq!(watches.len(), 1);
     let (watch, delay) = watches[0].clone();
     assert_eq!(delay, h.svc.config.batch_watch);
-    // Not done yet (the chunk is not even expanded): the watch looks again later.
+    assert_eq!(watch.generation, 0);
+    // Not done yet (the chunk is not even expanded): the watch looks again later, with
+    // one message of the next generation.
     assert_eq!(
         h.svc.watch_batch(&watch).await.unwrap(),
         PollOutcome::Continued
     );
-    assert_eq!(h.queue.take_watches().len(), 1);
+    let (watch, _) = h.queue.take_watches().remove(0);
+    assert_eq!(watch.generation, 1);
+    // The same message again (SQS delivers at least once): dropped, no second chain.
+    assert_eq!(
+        h.svc.watch_batch(&watches[0].0).await.unwrap(),
+        PollOutcome::Dropped
+    );
+    assert!(h.queue.take_watches().is_empty());
     // The items are initiated, then the bank settles them: two executed, one rejected.
     assert!(h.bulk_messages().await.is_empty());
     *h.bank.statuses.lock().unwrap() = vec![
@@ -1600,7 +1654,41 @@ async fn a_batch_is_announced_once_when_every_item_is_final() {
         PollOutcome::Continued,
         "awaiting SCA is not done"
     );
-    h.queue.take_watches();
+    let (watch, _) = h.queue.take_watches().remove(0);
+    // A look that died after moving the generation, before its send: the message it
+    // looked for comes again (after the queue's visibility timeout) and sends it.
+    let mut stalled = h
+        .payments
+        .batches
+        .lock()
+        .unwrap()
+        .values()
+        .next()
+        .cloned()
+        .unwrap();
+    stalled.watch_generation += 1;
+    stalled.watch_unsent = true;
+    stalled.watch_at = Some(h.clock.now());
+    h.payments.update_batch(&stalled).await.unwrap();
+    assert_eq!(
+        h.svc.watch_batch(&watch).await.unwrap(),
+        PollOutcome::Later,
+        "not before the write is a minute old: it comes again"
+    );
+    h.clock.advance(Duration::seconds(61));
+    assert_eq!(
+        h.svc.watch_batch(&watch).await.unwrap(),
+        PollOutcome::Resent
+    );
+    assert_eq!(
+        h.svc.watch_batch(&watch).await.unwrap(),
+        PollOutcome::Dropped,
+        "sent once"
+    );
+    let resent = h.queue.take_watches();
+    assert_eq!(resent.len(), 1);
+    let (watch, delay) = resent[0].clone();
+    assert_eq!((watch.generation, delay), (3, StdDuration::ZERO));
     let mut polls = h.queue.take();
     polls.sort_by_key(|(m, _)| m.payment_id.as_str().to_owned());
     for (m, _) in &polls {
@@ -1627,4 +1715,146 @@ async fn a_batch_is_announced_once_when_every_item_is_final() {
         notes[0].message,
         "2 of 3 payments were executed, 1 rejected."
     );
+}
+
+#[tokio::test]
+async fn chains_stepped_as_a_group_go_on_as_one_group_message() {
+    let h = harness();
+    let accepted = h.submit("grouped", &batch(100)).await.unwrap();
+    let v: Value = serde_json::from_str(&accepted.body).unwrap();
+    let batch_id = v["batchId"].as_str().unwrap().to_owned();
+    assert!(h.bulk_messages().await.is_empty());
+    let mut groups = h.queue.take_groups();
+    assert_eq!(
+        groups.len(),
+        1,
+        "the chunk's 100 chains start in one message"
+    );
+    let (first, _) = groups.remove(0);
+    assert_eq!(first.polls.len(), 100);
+
+    // A step of the group (the bank says ACSP): the 100 chains go on in one message, each
+    // at its next generation and recorded as sent.
+    assert_eq!(h.svc.poll_group(&first).await.unwrap().handled, 100);
+    assert_eq!(h.queue.sent(), 1, "one message for the 100 next polls");
+    let (second, delay) = h.queue.take_groups().remove(0);
+    assert_eq!(
+        delay,
+        StdDuration::from_secs(5),
+        "the schedule's first phase"
+    );
+    assert_eq!(second.polls.len(), 100);
+    for m in &second.polls {
+        let p = h.payments.one(&m.payment_id);
+        assert_eq!(m.generation, p.poll.generation);
+        assert_eq!(m.generation, 2);
+        assert!(p.poll.sent);
+        assert_eq!(p.state(), PaymentState::InProgress);
+    }
+    // The first group delivered again: every poll in it is stale, nothing is sent.
+    assert_eq!(h.svc.poll_group(&first).await.unwrap().handled, 100);
+    assert_eq!(h.queue.sent(), 0, "a duplicate group starts no chain");
+    assert_eq!(*h.bank.status_calls.lock().unwrap(), 100);
+
+    // The bank settles them: the chains end, with no message.
+    h.bank.script(vec![Ok(TransactionStatus::Acsc)]);
+    assert_eq!(h.svc.poll_group(&second).await.unwrap().handled, 100);
+    assert_eq!(h.queue.sent(), 0);
+    let view = h
+        .svc
+        .get_batch(&alice(), &batch_id, &HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!(view.counts["completed"], 100);
+    assert!(view.done);
+}
+
+#[tokio::test]
+async fn a_chunk_delivered_twice_is_expanded_by_one_delivery_at_a_time() {
+    let h = harness();
+    h.submit("twice", &batch(100)).await.unwrap();
+    let chunk = match h.bulk_work().remove(0) {
+        bulk::BulkWork::Chunk(c) => c,
+        bulk::BulkWork::Item(_) => panic!("acceptance sends chunks only"),
+    };
+    // Another delivery holds the chunk (it is expanding it right now).
+    {
+        let mut chunks = h.payments.chunks.lock().unwrap();
+        let stored = chunks.values_mut().next().unwrap();
+        stored.lease_until = Some(h.clock.now() + Duration::seconds(30));
+    }
+    match h.svc.expand_chunk(&chunk).await.unwrap() {
+        bulk::BulkOutcome::Requeue(wait) => assert_eq!(wait, StdDuration::from_secs(31)),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        h.payments.all().is_empty(),
+        "nothing stored by the duplicate"
+    );
+    assert!(
+        h.bulk_work().is_empty(),
+        "no item message from the duplicate"
+    );
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 0);
+    // The holder died: once its lease is over, this delivery expands the chunk.
+    h.clock.advance(Duration::seconds(31));
+    assert!(matches!(
+        h.svc.expand_chunk(&chunk).await.unwrap(),
+        bulk::BulkOutcome::Done
+    ));
+    assert_eq!(h.payments.all().len(), 100);
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 100);
+    assert!(h.bulk_work().is_empty());
+    let stored = h
+        .payments
+        .chunks
+        .lock()
+        .unwrap()
+        .values()
+        .next()
+        .cloned()
+        .unwrap();
+    assert!(stored.expanded && stored.lease_until.is_none());
+}
+
+#[tokio::test]
+async fn an_item_held_by_a_worker_that_died_is_initiated_once_its_lease_is_over() {
+    let h = harness();
+    h.submit("held", &batch(1)).await.unwrap();
+    let chunk = match h.bulk_work().remove(0) {
+        bulk::BulkWork::Chunk(c) => c,
+        bulk::BulkWork::Item(_) => panic!("acceptance sends chunks only"),
+    };
+    // The chunk's worker claimed the item, then died before the bank call: the item is
+    // stored and leased, and nothing else happened.
+    h.payments
+        .insert_many(&[h.svc.item_record_for_tests(&chunk, 0).await])
+        .await
+        .unwrap();
+    let mut held = h.payments.all().remove(0);
+    held.queued = false;
+    held.lease_until = Some(h.clock.now() + Duration::seconds(60));
+    let held = h.payments.update(&held).await.unwrap();
+    let message = bulk::BulkMessage {
+        user_id: held.user_id.clone(),
+        payment_id: held.payment_id.clone(),
+    };
+    // Its message, while the lease runs: it comes again after the lease, not dropped.
+    assert_eq!(
+        h.svc.process_item(&message, 1, 5).await.unwrap(),
+        bulk::BulkOutcome::Requeue(StdDuration::from_secs(61))
+    );
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 0);
+    // Then: the lease is over, the message initiates it, once.
+    h.clock.advance(Duration::seconds(61));
+    assert_eq!(
+        h.svc.process_item(&message, 1, 5).await.unwrap(),
+        bulk::BulkOutcome::Done
+    );
+    assert_eq!(
+        h.svc.process_item(&message, 1, 5).await.unwrap(),
+        bulk::BulkOutcome::Done
+    );
+    assert_eq!(*h.bank.initiation_calls.lock().unwrap(), 1);
+    assert_eq!(h.bank.payments_created(), 1);
 }

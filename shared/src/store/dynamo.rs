@@ -620,12 +620,53 @@ impl PaymentStore for DynamoPaymentStore {
             .collect()
     }
 
-    async fn batch_items(
+    async fn batch_items_page(
         &self,
         _user: &UserId,
         batch: &BatchId,
-    ) -> Result<Vec<PaymentRecord>, StoreError> {
-        let mut out = Vec::new();
+        from: u32,
+        limit: usize,
+    ) -> Result<(Vec<PaymentRecord>, bool), StoreError> {
+        // One more than asked: whether more follow.
+        let want = limit.saturating_add(1);
+        let mut out: Vec<PaymentRecord> = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("ByGsi1")
+                .key_condition_expression("gsi1pk = :pk AND gsi1sk >= :from")
+                .expression_attribute_values(":pk", s(format!("BATCH#{}", batch.as_str())))
+                .expression_attribute_values(":from", s(format!("ITEM#{from:05}")))
+                .limit(i32::try_from(want - out.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(backend)?;
+            for item in page.items.unwrap_or_default() {
+                out.push(from_item(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() && out.len() < want => start = Some(key),
+                _ => break,
+            }
+        }
+        let more = out.len() > limit;
+        out.truncate(limit);
+        Ok((out, more))
+    }
+
+    async fn batch_counts(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+    ) -> Result<std::collections::BTreeMap<PaymentState, u32>, StoreError> {
+        // Derived from the items (so nothing can drift): their `state` attribute only (and
+        // their owner: a batch id is only ever looked up by its own user).
+        let owner = s(user_pk(user));
+        let mut counts = std::collections::BTreeMap::new();
         let mut start: Option<Item> = None;
         loop {
             let page = self
@@ -635,16 +676,28 @@ impl PaymentStore for DynamoPaymentStore {
                 .index_name("ByGsi1")
                 .key_condition_expression("gsi1pk = :pk")
                 .expression_attribute_values(":pk", s(format!("BATCH#{}", batch.as_str())))
+                .projection_expression("#state, pk")
+                .expression_attribute_names("#state", "state")
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(backend)?;
             for item in page.items.unwrap_or_default() {
-                out.push(from_item(item)?);
+                if item.get("pk") != Some(&owner) {
+                    continue;
+                }
+                let state = item
+                    .get("state")
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|v| PaymentState::parse(v))
+                    .ok_or_else(|| StoreError::Corrupt("a batch item without its state".into()))?;
+                if state != PaymentState::Queued {
+                    *counts.entry(state).or_default() += 1;
+                }
             }
             match page.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(out),
+                _ => return Ok(counts),
             }
         }
     }

@@ -7,6 +7,7 @@
 pub mod bank_data;
 pub mod dynamo;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use async_trait::async_trait;
@@ -238,7 +239,7 @@ pub struct PaymentRecord {
 }
 
 /// Where a payment stands, in the words of our API (`state`); derived from the record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentState {
     /// A batch item waiting for the bulk worker (or for its retry).
@@ -355,6 +356,17 @@ pub struct BatchRecord {
     /// The user was told that every item is final.
     #[serde(default)]
     pub done_notified: bool,
+    /// The batch watch's chain (one live message, as a payment's poll chain): only the
+    /// message of this generation looks; every other is dropped.
+    #[serde(default)]
+    pub watch_generation: u64,
+    /// The message of `watch_generation` is due but not known to be sent (a step wrote
+    /// the generation, then died before or at its send).
+    #[serde(default)]
+    pub watch_unsent: bool,
+    /// When the watch last moved its generation.
+    #[serde(default)]
+    pub watch_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub version: u64,
 }
@@ -386,6 +398,10 @@ pub struct BatchChunk {
     pub items: Vec<BatchItemSpec>,
     /// Every item is stored and its message sent.
     pub expanded: bool,
+    /// While in the future, one delivery of the chunk's message is expanding it; another
+    /// delivery looks again after it.
+    #[serde(default)]
+    pub lease_until: Option<DateTime<Utc>>,
     pub version: u64,
 }
 
@@ -528,12 +544,24 @@ pub trait PaymentStore: Send + Sync {
         }
         Ok(stored)
     }
-    /// The items of a batch in index order (index `ByGsi1`), all of them.
-    async fn batch_items(
+    /// Up to `limit` items of a batch in index order from index `from` (index `ByGsi1`),
+    /// and whether more follow.
+    async fn batch_items_page(
         &self,
         user: &UserId,
         batch: &BatchId,
-    ) -> Result<Vec<PaymentRecord>, StoreError>;
+        from: u32,
+        limit: usize,
+    ) -> Result<(Vec<PaymentRecord>, bool), StoreError>;
+    /// How many of a batch's stored items are in each state other than
+    /// [`PaymentState::Queued`] (the rest of the batch's total is queued). Derived from
+    /// the items themselves (their state only), so retries and races cannot make the
+    /// counts drift.
+    async fn batch_counts(
+        &self,
+        user: &UserId,
+        batch: &BatchId,
+    ) -> Result<BTreeMap<PaymentState, u32>, StoreError>;
     async fn insert_batch(&self, batch: &BatchRecord) -> Result<(), StoreError>;
     async fn get_batch(
         &self,
