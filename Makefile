@@ -14,7 +14,7 @@ LOCAL_ENV := AWS_REGION=$${AWS_REGION:-eu-central-1} \
 SANDBOX_ADDR ?= 127.0.0.1:8080
 STACK_NAME ?= openbank-local
 
-.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation bench-bulk test-bulk fuzz fuzz-short token test fmt-check clippy lint-template fmt
+.PHONY: help setup aws-up aws-down provision sandbox up package bench bench-aggregation bench-bulk test-bulk chaos fuzz fuzz-short token test fmt-check clippy lint-template fmt
 
 help:
 	@echo "make up     run the bundle locally: local AWS, template.yaml resources, sandbox bank, local runtime on :3000"
@@ -25,6 +25,7 @@ help:
 	@echo "make bench-aggregation  cold/warm aggregated reads at 100 ms bank latency + categorisation throughput"
 	@echo "make bench-bulk  bulk acceptance time (1,000 items) and initiation throughput at 100 ms bank latency, cap 50/s"
 	@echo "make test-bulk  the bulk payment e2e with 1,000 items, faults and duplicated messages"
+	@echo "make chaos  the long fault run: process crashes, bank faults, duplicates; prints the invariants"
 	@echo "make test-web   the demo web app in headless Chromium (installed with apt-get when missing)"
 	@echo "make fuzz   schemathesis over docs/openapi.yaml against the local runtime: >= 5,000 requests, no 5xx"
 	@echo "make fuzz-short  the same in a few hundred requests (part of make test)"
@@ -67,6 +68,12 @@ bench-bulk: setup
 test-bulk: aws-up
 	cargo build --workspace --bins
 	@$(LOCAL_ENV) BULK_E2E_ITEMS=1000 cargo test -p integration-tests --test bulk_e2e -- --nocapture
+
+# The fault run in its long form (make test runs the short one): crashes, bank faults,
+# duplicate deliveries, overlapping schedules; prints the invariants that held.
+chaos: aws-up
+	cargo build --workspace --bins
+	@$(LOCAL_ENV) CHAOS_LONG=1 cargo test -p integration-tests --test chaos -- --nocapture
 
 # Property-based fuzzing of the public API (schemathesis, from docs/openapi.yaml).
 fuzz: setup
