@@ -554,3 +554,171 @@ async fn batch_counts_follow_every_move_and_items_page_in_order() {
     );
     local.teardown().await;
 }
+
+/// The bank data snapshots read together (`read_metas`: BatchGetItem over connections;
+/// `read_snapshot`: one Query of a partition) equal the one-by-one reads, leave the access
+/// counters out and never mix connections or users.
+#[tokio::test]
+async fn bank_data_snapshots_read_together_equal_the_reads_one_by_one() {
+    use shared::bank::{Account, Balance, BalanceType, Transaction, TransactionState};
+    use shared::domain::AccountId;
+    use shared::store::{
+        AccessKind, AccountsSnapshot, BalancesSnapshot, BankDataStore, DynamoBankDataStore,
+        SnapshotMeta, StoredTransaction, TransactionsMeta,
+    };
+    use std::collections::BTreeMap;
+
+    let local = LocalStack::provision().await;
+    let store = DynamoBankDataStore::new(local.dynamodb(), local.resources.table("BankDataTable"));
+    let alice = UserId::parse("alice").unwrap();
+    let bob = UserId::parse("bob").unwrap();
+    let eur = Currency::parse("EUR").unwrap();
+    let now = Utc::now();
+    let today = now.date_naive();
+    let account = |n: usize| Account {
+        id: AccountId::parse(&format!("acc-{n}")).unwrap(),
+        iban: None,
+        currency: eur,
+        name: Some(format!("Account {n}")),
+        product: None,
+        cash_account_type: Some("CACC".into()),
+    };
+    let stored = |n: usize, account: &AccountId| StoredTransaction {
+        id: format!("tx-{n}"),
+        account_id: account.clone(),
+        tx: Transaction {
+            transaction_id: Some(format!("tx-{n}")),
+            entry_reference: None,
+            state: TransactionState::Booked,
+            booking_date: Some(today - Days::new(n as u64 % 60)),
+            value_date: None,
+            amount: Money::parse(&format!("-{n}.25"), eur).unwrap(),
+            creditor_name: Some("RIMI".into()),
+            creditor_iban: None,
+            debtor_name: None,
+            debtor_iban: None,
+            remittance: None,
+            merchant_category_code: None,
+            bank_transaction_code: None,
+        },
+    };
+
+    // 40 connections of alice (more than one BatchGetItem holds): accounts for all,
+    // balances for every other one, transactions and access counters for some.
+    let mut consents = Vec::new();
+    for n in 0..40 {
+        let consent = ConsentId::new();
+        let acc = account(n);
+        store
+            .put_accounts(
+                &alice,
+                &consent,
+                &AccountsSnapshot {
+                    accounts: vec![acc.clone()],
+                    fetched_at: now,
+                },
+            )
+            .await
+            .unwrap();
+        if n % 2 == 0 {
+            let balance = Balance {
+                balance_type: BalanceType::InterimAvailable,
+                amount: Money::parse(&format!("{n}.50"), eur).unwrap(),
+                reference_date: Some(today),
+            };
+            store
+                .put_balances(
+                    &alice,
+                    &consent,
+                    &BalancesSnapshot {
+                        balances: BTreeMap::from([(acc.id.as_str().to_owned(), vec![balance])]),
+                        fetched_at: now,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        if n % 5 == 0 {
+            let booked: Vec<StoredTransaction> = (0..120).map(|i| stored(i, &acc.id)).collect();
+            let pending = vec![StoredTransaction {
+                id: "pending-1".into(),
+                ..stored(999, &acc.id)
+            }];
+            store
+                .put_transactions(&alice, &consent, &acc.id, &booked, &pending)
+                .await
+                .unwrap();
+            store
+                .put_transactions_meta(
+                    &alice,
+                    &consent,
+                    &TransactionsMeta {
+                        fetched_at: now,
+                        covered_from: today - Days::new(90),
+                    },
+                )
+                .await
+                .unwrap();
+            for kind in [AccessKind::Accounts, AccessKind::Transactions] {
+                assert!(
+                    store
+                        .claim_access(&alice, &consent, kind, today, 4)
+                        .await
+                        .unwrap()
+                );
+            }
+        }
+        consents.push(consent);
+    }
+    // Bob's connection with the same id as one of alice's: never read for alice.
+    store
+        .put_accounts(
+            &bob,
+            &consents[3],
+            &AccountsSnapshot {
+                accounts: vec![account(77)],
+                fetched_at: now,
+            },
+        )
+        .await
+        .unwrap();
+    let nothing = ConsentId::new();
+    let mut asked = consents.clone();
+    asked.push(nothing.clone());
+
+    let together = store.read_metas(&alice, &asked).await.unwrap();
+    assert_eq!(together.len(), 41);
+    for consent in &asked {
+        assert_eq!(
+            together[consent],
+            store.read_meta(&alice, consent).await.unwrap(),
+            "{consent:?}"
+        );
+    }
+    assert_eq!(together[&nothing], SnapshotMeta::default());
+    assert_eq!(
+        together[&consents[3]].accounts.as_ref().unwrap().accounts,
+        vec![account(3)]
+    );
+    assert!(together[&consents[2]].balances.is_some());
+    assert!(together[&consents[3]].balances.is_none());
+
+    for consent in [&consents[0], &consents[1], &consents[5], &nothing] {
+        let (meta, mut transactions) = store.read_snapshot(&alice, consent).await.unwrap();
+        let mut one_by_one = store.read_transactions(&alice, consent).await.unwrap();
+        assert_eq!(meta, store.read_meta(&alice, consent).await.unwrap());
+        transactions.sort_by(|a, b| a.id.cmp(&b.id));
+        one_by_one.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(transactions, one_by_one);
+    }
+    let (_, with_counters) = store.read_snapshot(&alice, &consents[0]).await.unwrap();
+    assert_eq!(
+        with_counters.len(),
+        121,
+        "120 booked + 1 pending, no counters"
+    );
+    assert_eq!(
+        store.read_metas(&alice, &[]).await.unwrap(),
+        BTreeMap::new()
+    );
+}

@@ -53,7 +53,7 @@ use crate::fx::RateSource;
 use crate::http::FieldError;
 use crate::store::{
     AccessKind, AccountsSnapshot, BalancesSnapshot, BankDataStore, ConsentRecord, ConsentStore,
-    SnapshotMeta, StoredTransaction, TransactionsMeta,
+    SnapshotMeta, StoreError, StoredTransaction, TransactionsMeta,
 };
 
 /// Env: how long a snapshot is served without asking the bank (seconds).
@@ -643,9 +643,25 @@ impl Aggregation {
             .into_iter()
             .filter(|c| c.state == ConsentState::Valid && c.bank_consent_id.is_some())
             .collect();
-        let loads = consents
-            .into_iter()
-            .map(|consent| self.load_bounded(consent, need, psu));
+        // Balances and accounts need only the small snapshot items: those of every
+        // connection in one read. Transactions read each connection's partition whole.
+        let mut metas = if need.transactions || consents.is_empty() {
+            BTreeMap::new()
+        } else {
+            let ids: Vec<ConsentId> = consents.iter().map(|c| c.consent_id.clone()).collect();
+            self.deps
+                .data
+                .read_metas(user, &ids)
+                .await
+                .unwrap_or_else(|e| {
+                    warn!(error = %e, "snapshots unreadable together; reading them one by one");
+                    BTreeMap::new()
+                })
+        };
+        let loads = consents.into_iter().map(|consent| {
+            let meta = metas.remove(&consent.consent_id);
+            self.load_bounded(consent, need, psu, meta)
+        });
         let mut loaded = Vec::new();
         let mut errors = Vec::new();
         for (data, mut errs) in futures::future::join_all(loads).await {
@@ -666,9 +682,10 @@ impl Aggregation {
         consent: ConsentRecord,
         need: Need,
         psu: Option<IpAddr>,
+        meta: Option<SnapshotMeta>,
     ) -> (Option<Loaded>, Vec<ErrorItem>) {
         let deadline = self.deps.config.bank_deadline;
-        match tokio::time::timeout(deadline, self.load(consent.clone(), need, psu)).await {
+        match tokio::time::timeout(deadline, self.load(consent.clone(), need, psu, meta)).await {
             Ok(result) => result,
             Err(_) => {
                 warn!(consent_id = %consent.consent_id, bank_id = %consent.bank_id,
@@ -730,12 +747,14 @@ impl Aggregation {
         })
     }
 
-    /// One connection: snapshot, budget, bank (module docs).
+    /// One connection: snapshot (`meta` when the caller read it already), budget, bank
+    /// (module docs).
     async fn load(
         &self,
         consent: ConsentRecord,
         need: Need,
         psu: Option<IpAddr>,
+        meta: Option<SnapshotMeta>,
     ) -> (Option<Loaded>, Vec<ErrorItem>) {
         let user = consent.user_id.clone();
         let id = consent.consent_id.clone();
@@ -748,18 +767,32 @@ impl Aggregation {
             message,
             retry_after,
         };
-        let (meta, stored_tx) = tokio::join!(self.deps.data.read_meta(&user, &id), async {
-            if need.transactions {
-                self.deps.data.read_transactions(&user, &id).await
-            } else {
-                Ok(vec![])
-            }
-        });
-        let meta = meta.unwrap_or_else(|e| {
+        let unreadable = |e: StoreError| {
             warn!(consent_id = %id, error = %e, "snapshot unreadable; asking the bank");
-            SnapshotMeta::default()
-        });
-        let stored_tx = stored_tx.unwrap_or_default();
+        };
+        let (meta, stored_tx) = match (meta, need.transactions) {
+            (Some(meta), false) => (meta, vec![]),
+            (_, true) => self
+                .deps
+                .data
+                .read_snapshot(&user, &id)
+                .await
+                .unwrap_or_else(|e| {
+                    unreadable(e);
+                    (SnapshotMeta::default(), vec![])
+                }),
+            (None, false) => (
+                self.deps
+                    .data
+                    .read_meta(&user, &id)
+                    .await
+                    .unwrap_or_else(|e| {
+                        unreadable(e);
+                        SnapshotMeta::default()
+                    }),
+                vec![],
+            ),
+        };
         let now = self.deps.clock.now();
         let today = now.date_naive();
         let max_age = self.deps.config.max_age;

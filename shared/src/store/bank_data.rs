@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, KeysAndAttributes, WriteRequest};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -71,6 +71,22 @@ pub struct SnapshotMeta {
     pub accounts: Option<AccountsSnapshot>,
     pub balances: Option<BalancesSnapshot>,
     pub transactions: Option<TransactionsMeta>,
+}
+
+/// The sort keys of [`SnapshotMeta`]'s items.
+const META_KEYS: [&str; 3] = ["META#ACCOUNTS", "META#BALANCES", "META#TRANSACTIONS"];
+
+impl SnapshotMeta {
+    /// Takes in one stored meta item (others are ignored).
+    fn absorb(&mut self, item: &Item) -> Result<(), StoreError> {
+        match sort_key(item) {
+            "META#ACCOUNTS" => self.accounts = Some(data(item)?),
+            "META#BALANCES" => self.balances = Some(data(item)?),
+            "META#TRANSACTIONS" => self.transactions = Some(data(item)?),
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// The kinds of bank reads counted against a consent's daily `frequencyPerDay`. Each kind
@@ -157,6 +173,34 @@ pub trait BankDataStore: Send + Sync {
     ) -> Result<u32, StoreError>;
     /// Deletes everything stored for the connection; the number of items deleted.
     async fn purge(&self, user: &UserId, consent: &ConsentId) -> Result<usize, StoreError>;
+
+    /// [`Self::read_meta`] of several connections of one user, in as few requests as the
+    /// store allows (the DynamoDB adapter: one BatchGetItem per 33 connections).
+    /// Connections without a snapshot map to an empty [`SnapshotMeta`].
+    async fn read_metas(
+        &self,
+        user: &UserId,
+        consents: &[ConsentId],
+    ) -> Result<BTreeMap<ConsentId, SnapshotMeta>, StoreError> {
+        let mut out = BTreeMap::new();
+        for consent in consents {
+            out.insert(consent.clone(), self.read_meta(user, consent).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`Self::read_meta`] and [`Self::read_transactions`] of one connection together (the
+    /// DynamoDB adapter: one Query of the partition).
+    async fn read_snapshot(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+    ) -> Result<(SnapshotMeta, Vec<StoredTransaction>), StoreError> {
+        Ok((
+            self.read_meta(user, consent).await?,
+            self.read_transactions(user, consent).await?,
+        ))
+    }
 }
 
 /// Groups booked transactions into stored items: `(sort key suffix, transactions)`, one
@@ -227,7 +271,8 @@ impl DynamoBankDataStore {
         Ok(())
     }
 
-    /// Every item of the partition whose sort key starts with `prefix` (all pages).
+    /// Every item of the partition whose sort key starts with `prefix`, or sorts before
+    /// `bound` when `prefix` is `<bound` (all pages).
     async fn query(
         &self,
         pk: &str,
@@ -246,6 +291,10 @@ impl DynamoBankDataStore {
                 .set_exclusive_start_key(start.take());
             query = if prefix.is_empty() {
                 query.key_condition_expression("pk = :pk")
+            } else if let Some(bound) = prefix.strip_prefix('<') {
+                query
+                    .key_condition_expression("pk = :pk AND sk < :bound")
+                    .expression_attribute_values(":bound", s(bound))
             } else {
                 query
                     .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
@@ -341,14 +390,101 @@ impl BankDataStore for DynamoBankDataStore {
     ) -> Result<SnapshotMeta, StoreError> {
         let mut meta = SnapshotMeta::default();
         for item in self.query(&Self::pk(user, consent), "META#", false).await? {
-            match sort_key(&item) {
-                "META#ACCOUNTS" => meta.accounts = Some(data(&item)?),
-                "META#BALANCES" => meta.balances = Some(data(&item)?),
-                "META#TRANSACTIONS" => meta.transactions = Some(data(&item)?),
-                _ => {}
-            }
+            meta.absorb(&item)?;
         }
         Ok(meta)
+    }
+
+    async fn read_metas(
+        &self,
+        user: &UserId,
+        consents: &[ConsentId],
+    ) -> Result<BTreeMap<ConsentId, SnapshotMeta>, StoreError> {
+        let mut out: BTreeMap<ConsentId, SnapshotMeta> = consents
+            .iter()
+            .map(|c| (c.clone(), SnapshotMeta::default()))
+            .collect();
+        let by_pk: BTreeMap<String, ConsentId> = consents
+            .iter()
+            .map(|c| (Self::pk(user, c), c.clone()))
+            .collect();
+        let keys: Vec<Item> = by_pk
+            .keys()
+            .flat_map(|pk| {
+                META_KEYS.iter().map(move |sk| {
+                    Item::from([("pk".to_owned(), s(pk.clone())), ("sk".to_owned(), s(*sk))])
+                })
+            })
+            .collect();
+        // BatchGetItem takes up to 100 keys; unprocessed keys are asked again.
+        for batch in keys.chunks(99) {
+            let mut pending = batch.to_vec();
+            for attempt in 0..8u32 {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(pending))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                let answer = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                for item in answer
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    let consent = match item.get("pk") {
+                        Some(AttributeValue::S(pk)) => by_pk.get(pk),
+                        _ => None,
+                    };
+                    if let Some(meta) = consent.and_then(|c| out.get_mut(c)) {
+                        meta.absorb(&item)?;
+                    }
+                }
+                pending = answer
+                    .unprocessed_keys
+                    .and_then(|mut m| m.remove(&self.table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt == 7 {
+                    return Err(StoreError::Backend(format!(
+                        "{} snapshot reads left unprocessed",
+                        pending.len()
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_snapshot(
+        &self,
+        user: &UserId,
+        consent: &ConsentId,
+    ) -> Result<(SnapshotMeta, Vec<StoredTransaction>), StoreError> {
+        // META#… and TX#… sort before USAGE#… (the access counters, not wanted here).
+        let mut meta = SnapshotMeta::default();
+        let mut transactions = Vec::new();
+        for item in self
+            .query(&Self::pk(user, consent), "<USAGE#", false)
+            .await?
+        {
+            if sort_key(&item).starts_with("TX#") {
+                let mut part: Vec<StoredTransaction> = data(&item)?;
+                transactions.append(&mut part);
+            } else {
+                meta.absorb(&item)?;
+            }
+        }
+        Ok((meta, transactions))
     }
 
     async fn put_accounts(
