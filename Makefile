@@ -21,7 +21,7 @@ help:
 	@echo "make test   fmt check, clippy -D warnings, cfn-lint, unit and integration tests"
 	@echo "make aws-up / aws-down   start / stop moto_server (skipped when AWS_ENDPOINT_URL is set)"
 	@echo "make token  print a local JWT (USER_NAME=alice make token)"
-	@echo "make bench  release build + per-function size, cold start, latency, memory; then bench-aggregation and bench-bulk"
+	@echo "make bench  the performance report: release build, every benchmark, one table (functions, aggregation, categorisation, bulk, bank calls, naive ratios)"
 	@echo "make bench-aggregation  cold/warm aggregated reads at 100 ms bank latency + categorisation throughput"
 	@echo "make bench-bulk  bulk acceptance time (1,000 items) and initiation throughput at 100 ms bank latency, cap 50/s"
 	@echo "make test-bulk  the bulk payment e2e with 1,000 items, faults and duplicated messages"
@@ -55,8 +55,6 @@ package:
 
 bench: setup
 	@bash scripts/bench.sh
-	@bash scripts/bench-aggregation.sh
-	@bash scripts/bench-bulk.sh
 
 bench-aggregation: setup
 	@bash scripts/bench-aggregation.sh

@@ -14,8 +14,7 @@ TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 
 source scripts/bench-moto.sh
 
-# The functions exactly as `make bench` builds them (a no-op right after it), then the
-# bench binary; it runs the functions and bench-categorise from its own directory.
-cargo build --release --bins --workspace --exclude runtime-fixture --exclude integration-tests
-cargo build --release -p integration-tests --bin bench-aggregation
+# The functions and the bench binaries exactly as `make bench` builds them (a no-op right
+# after it); the bench runs the functions and bench-categorise from its own directory.
+cargo build --release --bins --workspace --exclude runtime-fixture
 "$TARGET/release/bench-aggregation"

@@ -17,7 +17,6 @@ if [ "${BENCH_PROFILE:-release}" = debug ]; then
   cargo build --bins --workspace --exclude runtime-fixture
   "$TARGET/debug/bench-bulk"
 else
-  cargo build --release --bins --workspace --exclude runtime-fixture --exclude integration-tests
-  cargo build --release -p integration-tests --bin bench-bulk
+  cargo build --release --bins --workspace --exclude runtime-fixture
   "$TARGET/release/bench-bulk"
 fi

@@ -49,3 +49,93 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
             .to_owned(),
     })
 }
+
+/// One row of a benchmark's table, and of `make bench`'s combined report.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Row {
+    /// What part of the product the row measures (the report's first column).
+    pub area: String,
+    pub measurement: String,
+    pub value: String,
+    /// The target, or for a naive approach what ours does instead.
+    #[serde(default)]
+    pub target: String,
+    /// `met` / `NOT met`, or a naive approach's ratio.
+    #[serde(default)]
+    pub verdict: String,
+}
+
+impl Row {
+    pub fn new(
+        area: impl Into<String>,
+        measurement: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        Self {
+            area: area.into(),
+            measurement: measurement.into(),
+            value: value.into(),
+            target: String::new(),
+            verdict: String::new(),
+        }
+    }
+
+    /// A target and whether it was met.
+    #[must_use]
+    pub fn target(mut self, target: impl Into<String>, met: bool) -> Self {
+        self.target = target.into();
+        self.verdict = verdict(met).to_owned();
+        self
+    }
+
+    /// A naive approach measured in the same run: what ours does (`ours`) and how many
+    /// times better that is (`ratio`).
+    #[must_use]
+    pub fn against(mut self, ours: impl Into<String>, ratio: f64) -> Self {
+        self.target = ours.into();
+        self.verdict = format!("ours {ratio:.1}× better");
+        self
+    }
+}
+
+/// Prints `rows` as a Markdown table on stdout and, when `BENCH_REPORT` names a file,
+/// appends them to it (one JSON object per line) for `bench-report`.
+///
+/// # Errors
+/// The report file cannot be written.
+pub fn emit(rows: &[Row]) -> anyhow::Result<()> {
+    println!("| measurement | value | target | |");
+    println!("|---|---|---|---|");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            row.measurement, row.value, row.target, row.verdict
+        );
+    }
+    if let Some(path) = std::env::var_os("BENCH_REPORT").filter(|p| !p.is_empty()) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", PathBuf::from(&path).display()))?;
+        for row in rows {
+            writeln!(file, "{}", serde_json::to_string(row)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `d` in milliseconds with one decimal and the unit.
+pub fn ms(d: std::time::Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The `p` quantile (0 to 1, nearest rank) of sorted durations; zero when empty.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank]
+}
