@@ -645,7 +645,7 @@ async fn bank_data_snapshots_read_together_equal_the_reads_one_by_one() {
                 ..stored(999, &acc.id)
             }];
             store
-                .put_transactions(&alice, &consent, &acc.id, &booked, &pending)
+                .put_transactions(&alice, &consent, &[(acc.id.clone(), booked, pending)])
                 .await
                 .unwrap();
             store

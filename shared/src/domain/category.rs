@@ -806,10 +806,9 @@ const MATCHES: u32 = 1 << 31;
 /// ends at a position is reported, overlapping ones included). Its transitions are then
 /// copied, for the 38 symbol classes only, into `transitions`: a state is the index of its
 /// first entry (so the next state is `transitions[state + class]`, one load per byte) and
-/// a flag on the entry says whether the target state completes keywords. The workspace's
-/// size-optimised release profile (`opt-level = "z"`) does not inline the crate's
-/// `Automaton::next_state`, and a call per byte cost about a quarter of the categorisation
-/// instructions. The start state is 0; every keyword starts with a separator, so inside a
+/// a flag on the entry says whether the target state completes keywords: one table load
+/// per byte instead of a call of the crate's `Automaton::next_state` (which a
+/// size-optimised build does not inline). The start state is 0; every keyword starts with a separator, so inside a
 /// word the walk can only be in state 0 when no keyword is in progress.
 #[derive(Clone, Debug)]
 struct Table {

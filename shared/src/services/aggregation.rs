@@ -819,6 +819,7 @@ impl Aggregation {
         ];
         let mut fetch = HashSet::new();
         let mut budget_spent = false;
+        let mut to_claim = Vec::new();
         for (kind, needed, fetched_at) in wanted {
             if !needed {
                 continue;
@@ -827,19 +828,22 @@ impl Aggregation {
                 fetch.insert(kind);
                 continue;
             }
-            if fetched_at.is_some_and(is_fresh) {
-                continue;
-            }
             // The accounts list is only re-read when it is missing or stale *and* the
             // budget allows; a stale list still serves to read balances.
-            match self
-                .deps
+            if !fetched_at.is_some_and(is_fresh) {
+                to_claim.push(kind);
+            }
+        }
+        // One budget counter per kind: the claims are independent, so they go together.
+        let claims = to_claim.iter().map(|&kind| {
+            self.deps
                 .data
                 .claim_access(&user, &id, kind, today, consent.frequency_per_day)
-                .await
-            {
+        });
+        for (kind, claimed) in to_claim.iter().zip(futures::future::join_all(claims).await) {
+            match claimed {
                 Ok(true) => {
-                    fetch.insert(kind);
+                    fetch.insert(*kind);
                 }
                 Ok(false) => budget_spent = true,
                 Err(e) => {
@@ -880,20 +884,19 @@ impl Aggregation {
 
         // Round trip 1: the account list (fresh or stored).
         let mut from_snapshot = true;
+        let mut accounts_write = None;
         let mut fetched_times = Vec::new();
         let accounts = if fetch.contains(&AccessKind::Accounts) {
             match connector.accounts(&bank_consent, &psu_context).await {
                 Ok(accounts) => {
                     from_snapshot = false;
-                    let snapshot = AccountsSnapshot {
-                        accounts,
-                        fetched_at: now,
-                    };
-                    if let Err(e) = self.deps.data.put_accounts(&user, &id, &snapshot).await {
-                        warn!(consent_id = %id, error = %e, "could not store the account list");
-                    }
                     fetched_times.push(now);
-                    Some(snapshot.accounts)
+                    // Stored while round trip 2 runs.
+                    accounts_write = Some(AccountsSnapshot {
+                        accounts: accounts.clone(),
+                        fetched_at: now,
+                    });
+                    Some(accounts)
                 }
                 Err(e) => {
                     errors.push(self.bank_error(&consent, None, &e).await);
@@ -965,7 +968,13 @@ impl Aggregation {
                 (account, balances, transactions)
             }
         });
-        let results = futures::future::join_all(per_account).await;
+        let (results, ()) = tokio::join!(futures::future::join_all(per_account), async {
+            if let Some(snapshot) = &accounts_write
+                && let Err(e) = self.deps.data.put_accounts(&user, &id, snapshot).await
+            {
+                warn!(consent_id = %id, error = %e, "could not store the account list");
+            }
+        });
 
         let mut balances = meta
             .balances
@@ -1007,9 +1016,28 @@ impl Aggregation {
                 None => {}
             }
         }
-        if balances_fetched {
+        if balances_fetched || tx_fetched {
             from_snapshot = false;
             fetched_times.push(now);
+        }
+        if !balances_fetched
+            && need.balances
+            && let Some(b) = &meta.balances
+        {
+            fetched_times.push(b.fetched_at);
+        }
+        if !tx_fetched
+            && need.transactions
+            && let Some(t) = &meta.transactions
+        {
+            fetched_times.push(t.fetched_at);
+        }
+        // The snapshot writes go together: balances, and the transactions followed by
+        // their meta (which says what the stored transactions cover, so it comes last).
+        let store_balances = async {
+            if !balances_fetched {
+                return;
+            }
             let snapshot = BalancesSnapshot {
                 balances: balances.clone(),
                 fetched_at: now,
@@ -1017,41 +1045,29 @@ impl Aggregation {
             if let Err(e) = self.deps.data.put_balances(&user, &id, &snapshot).await {
                 warn!(consent_id = %id, error = %e, "could not store balances");
             }
-        } else if need.balances
-            && let Some(b) = &meta.balances
-        {
-            fetched_times.push(b.fetched_at);
-        }
-        if tx_fetched {
-            from_snapshot = false;
-            fetched_times.push(now);
-            let stores = writes.iter().map(|(account, booked, pending)| {
-                self.deps
-                    .data
-                    .put_transactions(&user, &id, account, booked, pending)
-            });
-            let written = futures::future::join_all(stores).await;
-            if written.iter().all(Result::is_ok) {
-                let meta = TransactionsMeta {
-                    fetched_at: now,
-                    covered_from,
-                };
-                if let Err(e) = self
-                    .deps
-                    .data
-                    .put_transactions_meta(&user, &id, &meta)
-                    .await
-                {
-                    warn!(consent_id = %id, error = %e, "could not store the transactions meta");
-                }
-            } else {
-                warn!(consent_id = %id, "could not store some transactions; refetched next time");
+        };
+        let store_transactions = async {
+            if !tx_fetched {
+                return;
             }
-        } else if need.transactions
-            && let Some(t) = &meta.transactions
-        {
-            fetched_times.push(t.fetched_at);
-        }
+            if let Err(e) = self.deps.data.put_transactions(&user, &id, &writes).await {
+                warn!(consent_id = %id, error = %e, "could not store some transactions; refetched next time");
+                return;
+            }
+            let meta = TransactionsMeta {
+                fetched_at: now,
+                covered_from,
+            };
+            if let Err(e) = self
+                .deps
+                .data
+                .put_transactions_meta(&user, &id, &meta)
+                .await
+            {
+                warn!(consent_id = %id, error = %e, "could not store the transactions meta");
+            }
+        };
+        tokio::join!(store_balances, store_transactions);
         let transactions = tx_by_account.into_values().flatten().collect();
         info!(consent_id = %id, bank_id = %consent.bank_id, from_snapshot,
             fetched = ?fetch.iter().map(|k| k.as_str()).collect::<Vec<_>>(), "connection loaded");

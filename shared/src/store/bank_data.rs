@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, KeysAndAttributes, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, KeysAndAttributes, PutRequest, WriteRequest,
+};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -64,6 +66,10 @@ pub struct StoredTransaction {
     pub account_id: AccountId,
     pub tx: Transaction,
 }
+
+/// What [`BankDataStore::put_transactions`] stores for one account: its id, the booked
+/// transactions of the months it replaces, and its whole pending set.
+pub type AccountTransactions = (AccountId, Vec<StoredTransaction>, Vec<StoredTransaction>);
 
 /// The small items of one connection's snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -137,15 +143,15 @@ pub trait BankDataStore: Send + Sync {
         user: &UserId,
         consent: &ConsentId,
     ) -> Result<Vec<StoredTransaction>, StoreError>;
-    /// Replaces the booked transactions of `account` in the months present in `booked`
-    /// (the caller merged them with what was stored) and the account's pending set.
+    /// For each `(account, booked, pending)`: replaces the booked transactions of the
+    /// account in the months present in `booked` (the caller merged them with what was
+    /// stored) and the account's pending set. The DynamoDB adapter writes them with
+    /// BatchWriteItem (25 items a request).
     async fn put_transactions(
         &self,
         user: &UserId,
         consent: &ConsentId,
-        account: &AccountId,
-        booked: &[StoredTransaction],
-        pending: &[StoredTransaction],
+        accounts: &[AccountTransactions],
     ) -> Result<(), StoreError>;
     async fn put_transactions_meta(
         &self,
@@ -313,22 +319,43 @@ impl DynamoBankDataStore {
     }
 
     async fn delete_keys(&self, keys: Vec<(String, String)>) -> Result<(), StoreError> {
-        for batch in keys.chunks(25) {
-            let mut requests: Vec<WriteRequest> = batch
-                .iter()
-                .map(|(pk, sk)| {
-                    WriteRequest::builder()
-                        .delete_request(
-                            DeleteRequest::builder()
-                                .key("pk", s(pk.clone()))
-                                .key("sk", s(sk.clone()))
-                                .build()
-                                .expect("pk and sk are set"),
-                        )
-                        .build()
-                })
-                .collect();
-            // Unprocessed deletes are retried (with a short pause) until none is left.
+        let deletes = keys
+            .into_iter()
+            .map(|(pk, sk)| {
+                WriteRequest::builder()
+                    .delete_request(
+                        DeleteRequest::builder()
+                            .key("pk", s(pk))
+                            .key("sk", s(sk))
+                            .build()
+                            .expect("pk and sk are set"),
+                    )
+                    .build()
+            })
+            .collect();
+        self.batch_write(deletes).await
+    }
+
+    /// A PutItem of a snapshot item (`data` holds `json`), for [`Self::batch_write`].
+    fn json_put(&self, pk: &str, sk: String, json: String, expires_at: i64) -> WriteRequest {
+        WriteRequest::builder()
+            .put_request(
+                PutRequest::builder()
+                    .item("pk", s(pk))
+                    .item("sk", s(sk))
+                    .item("data", s(json))
+                    .item("expiresAt", AttributeValue::N(expires_at.to_string()))
+                    .build()
+                    .expect("the item is set"),
+            )
+            .build()
+    }
+
+    /// BatchWriteItem of `requests`, 25 a request; unprocessed ones are sent again (with a
+    /// short pause) until none is left.
+    async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+        for batch in requests.chunks(25) {
+            let mut requests = batch.to_vec();
             for attempt in 0..8u32 {
                 let out = self
                     .client
@@ -346,7 +373,7 @@ impl DynamoBankDataStore {
                 }
                 if attempt == 7 {
                     return Err(StoreError::Backend(format!(
-                        "{} deletes left unprocessed",
+                        "{} writes left unprocessed",
                         requests.len()
                     )));
                 }
@@ -534,29 +561,28 @@ impl BankDataStore for DynamoBankDataStore {
         &self,
         user: &UserId,
         consent: &ConsentId,
-        account: &AccountId,
-        booked: &[StoredTransaction],
-        pending: &[StoredTransaction],
+        accounts: &[AccountTransactions],
     ) -> Result<(), StoreError> {
         let pk = Self::pk(user, consent);
         let expires = snapshot_expiry(Utc::now());
-        let mut writes = Vec::new();
-        for (suffix, items) in chunks(booked) {
-            writes.push(self.put_json(
-                pk.clone(),
-                format!("TX#{}#{suffix}", account.as_str()),
-                to_json(&items)?,
+        let mut puts = Vec::new();
+        for (account, booked, pending) in accounts {
+            for (suffix, items) in chunks(booked) {
+                puts.push(self.json_put(
+                    &pk,
+                    format!("TX#{}#{suffix}", account.as_str()),
+                    to_json(&items)?,
+                    expires,
+                ));
+            }
+            puts.push(self.json_put(
+                &pk,
+                format!("TX#{}#PENDING", account.as_str()),
+                to_json(pending)?,
                 expires,
             ));
         }
-        writes.push(self.put_json(
-            pk.clone(),
-            format!("TX#{}#PENDING", account.as_str()),
-            to_json(&pending)?,
-            expires,
-        ));
-        futures::future::try_join_all(writes).await?;
-        Ok(())
+        self.batch_write(puts).await
     }
 
     async fn put_transactions_meta(

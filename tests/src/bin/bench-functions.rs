@@ -149,8 +149,17 @@ async fn main() -> anyhow::Result<()> {
         missing.is_empty(),
         "build the functions first (cargo build --release --bins): {missing:?}"
     );
-    // Lambda hands its functions credentials and a region through the environment.
+    // Lambda hands its functions credentials and a region through the environment; the
+    // bank registry is the repository's unless BANK_REGISTRY_PATH names another.
+    let registry = std::env::var("BANK_REGISTRY_PATH").unwrap_or_else(|_| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../infra/banks.json")
+            .display()
+            .to_string()
+    });
     for f in &mut plan.functions {
+        f.environment
+            .insert("BANK_REGISTRY_PATH".to_owned(), registry.clone());
         f.environment
             .insert("AWS_REGION".to_owned(), ctx.region.clone());
         for name in [
