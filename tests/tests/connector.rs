@@ -583,3 +583,62 @@ async fn parallel_pages_return_exactly_what_sequential_paging_returns_in_two_rou
         base[1]
     );
 }
+
+/// The `withBalance` quirk: one call returns the account list with every account's
+/// balances, equal to the per-account balance reads; without the quirk the list comes
+/// without balances (and `withBalance` is not sent: the same single call).
+#[tokio::test]
+async fn accounts_with_balances_in_one_call_equal_the_per_account_reads() {
+    let sandbox = Sandbox::start(config()).await;
+    let consent = valid_consent(&sandbox, "lv-baltija", 4).await;
+    let connector = |with_balance: bool| {
+        let mut bank = sandbox
+            .registry
+            .get(&shared::domain::BankId::parse("lv-baltija").unwrap())
+            .unwrap()
+            .clone();
+        bank.quirks.with_balance = with_balance;
+        shared::bank::berlin_group::BerlinGroupConnector::new(bank).unwrap()
+    };
+    let calls = || async {
+        sandbox.get_json("counts").await["byBank"]["lv-baltija"]
+            .as_u64()
+            .unwrap()
+    };
+    let psu = PsuContext::present(PSU_IP);
+
+    let with = connector(true);
+    let before = calls().await;
+    let listed = with.accounts_with_balances(&consent, &psu).await.unwrap();
+    assert_eq!(
+        calls().await - before,
+        1,
+        "one call for the list and balances"
+    );
+    assert_eq!(listed.len(), 3);
+    for (account, balances) in &listed {
+        let balances = balances.as_ref().expect("balances came with the list");
+        assert!(!balances.is_empty());
+        assert_eq!(
+            balances,
+            &with.balances(&consent, &account.id, &psu).await.unwrap(),
+            "{:?}",
+            account.id
+        );
+    }
+    let plain: Vec<_> = listed.iter().map(|(a, _)| a.clone()).collect();
+    assert_eq!(with.accounts(&consent, &psu).await.unwrap(), plain);
+
+    let without = connector(false);
+    let before = calls().await;
+    let listed = without
+        .accounts_with_balances(&consent, &psu)
+        .await
+        .unwrap();
+    assert_eq!(calls().await - before, 1);
+    assert!(listed.iter().all(|(_, b)| b.is_none()));
+    assert_eq!(
+        listed.into_iter().map(|(a, _)| a).collect::<Vec<_>>(),
+        plain
+    );
+}

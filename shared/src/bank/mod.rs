@@ -372,6 +372,10 @@ impl BankError {
 }
 
 /// One bank, in domain terms. Implementations are stateless apart from their HTTP client.
+/// An account of the list and its balances when the bank sent them along
+/// ([`BankApi::accounts_with_balances`]).
+pub type ListedAccount = (Account, Option<Vec<Balance>>);
+
 #[async_trait]
 pub trait BankApi: Send + Sync {
     fn bank_id(&self) -> &BankId;
@@ -391,6 +395,22 @@ pub trait BankApi: Send + Sync {
         consent: &BankConsentId,
         psu: &PsuContext,
     ) -> Result<Vec<Account>, BankError>;
+    /// The account list with each account's balances in the same call
+    /// (`GET /v1/accounts?withBalance=true`) where the bank offers it; `None` for an
+    /// account whose balances did not come with it (the caller reads them one by one).
+    /// By default the plain list, without balances.
+    async fn accounts_with_balances(
+        &self,
+        consent: &BankConsentId,
+        psu: &PsuContext,
+    ) -> Result<Vec<ListedAccount>, BankError> {
+        Ok(self
+            .accounts(consent, psu)
+            .await?
+            .into_iter()
+            .map(|a| (a, None))
+            .collect())
+    }
     /// `GET /v1/accounts/{account-id}/balances`.
     async fn balances(
         &self,

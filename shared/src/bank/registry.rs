@@ -98,6 +98,12 @@ pub struct BankQuirks {
     /// otherwise, and by default, `next` is followed one page at a time.
     #[serde(default)]
     pub parallel_pages: bool,
+    /// The bank answers `GET /v1/accounts?withBalance=true` with each account's balances:
+    /// an aggregated balances read that needs the account list too makes one round trip
+    /// instead of two (and one call instead of 1 + one per account). Accounts the bank
+    /// sends without balances are read one by one as without the quirk.
+    #[serde(default)]
+    pub with_balance: bool,
 }
 
 /// Where the QWAC certificate and key come from: PEM files, or PEM in environment
@@ -326,6 +332,10 @@ mod tests {
         assert!(
             !bank.quirks.parallel_pages,
             "pages one at a time by default"
+        );
+        assert!(
+            !bank.quirks.with_balance,
+            "balances one account at a time by default"
         );
         assert_eq!(bank.payment_currencies[0].code(), "EUR");
         assert!(reg.get(&BankId::parse("lt-alpha").unwrap()).is_some());

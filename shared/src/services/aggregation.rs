@@ -886,8 +886,28 @@ impl Aggregation {
         let mut from_snapshot = true;
         let mut accounts_write = None;
         let mut fetched_times = Vec::new();
+        // With the balances wanted too, the bank may send them along with the list
+        // (the `withBalance` quirk): those accounts skip their balances call.
+        let mut listed_balances: BTreeMap<String, Vec<Balance>> = BTreeMap::new();
         let accounts = if fetch.contains(&AccessKind::Accounts) {
-            match connector.accounts(&bank_consent, &psu_context).await {
+            let listed = if fetch.contains(&AccessKind::Balances) {
+                connector
+                    .accounts_with_balances(&bank_consent, &psu_context)
+                    .await
+                    .map(|list| {
+                        list.into_iter()
+                            .map(|(account, balances)| {
+                                if let Some(b) = balances {
+                                    listed_balances.insert(account.id.as_str().to_owned(), b);
+                                }
+                                account
+                            })
+                            .collect()
+                    })
+            } else {
+                connector.accounts(&bank_consent, &psu_context).await
+            };
+            match listed {
                 Ok(accounts) => {
                     from_snapshot = false;
                     fetched_times.push(now);
@@ -941,8 +961,11 @@ impl Aggregation {
             let connector = connector.clone();
             let bank_consent = bank_consent.clone();
             let psu_context = psu_context.clone();
+            let listed = listed_balances.remove(account.id.as_str());
             async move {
-                let balances = if fetch_balances {
+                let balances = if let Some(list) = listed {
+                    Some(Ok(list))
+                } else if fetch_balances {
                     Some(
                         connector
                             .balances(&bank_consent, &account.id, &psu_context)

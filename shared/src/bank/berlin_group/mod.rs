@@ -403,6 +403,38 @@ impl BankApi for BerlinGroupConnector {
             },
         );
         let response: wire::AccountListResponse = self.call(builder).await?;
+        Ok(response
+            .into_domain()?
+            .into_iter()
+            .map(|(account, _)| account)
+            .collect())
+    }
+
+    async fn accounts_with_balances(
+        &self,
+        consent: &BankConsentId,
+        psu: &PsuContext,
+    ) -> Result<Vec<super::ListedAccount>, BankError> {
+        if !self.config.quirks.with_balance {
+            return Ok(self
+                .accounts(consent, psu)
+                .await?
+                .into_iter()
+                .map(|a| (a, None))
+                .collect());
+        }
+        let mut url = self.url(&["accounts"]);
+        url.query_pairs_mut().append_pair("withBalance", "true");
+        let builder = self.request(
+            Method::GET,
+            url,
+            CallHeaders {
+                consent: Some(consent),
+                psu: Some(psu),
+                ..Default::default()
+            },
+        );
+        let response: wire::AccountListResponse = self.call(builder).await?;
         response.into_domain()
     }
 

@@ -248,17 +248,25 @@ struct AccountBody {
     name: Option<String>,
     product: Option<String>,
     cash_account_type: Option<String>,
+    /// With `withBalance=true`, where the bank includes them.
+    #[serde(default)]
+    balances: Option<Vec<BalanceBody>>,
 }
 
 impl AccountListResponse {
-    pub(crate) fn into_domain(self) -> Result<Vec<Account>, BankError> {
+    /// The accounts, each with its balances when the bank sent them along.
+    pub(crate) fn into_domain(self) -> Result<Vec<crate::bank::ListedAccount>, BankError> {
         self.accounts
             .into_iter()
             .map(|a| {
                 let id = a
                     .resource_id
                     .ok_or_else(|| BankError::Protocol("account without resourceId".into()))?;
-                Ok(Account {
+                let balances = a
+                    .balances
+                    .map(|list| BalancesResponse { balances: list }.into_domain())
+                    .transpose()?;
+                let account = Account {
                     id: AccountId::parse(&id)
                         .map_err(|e| BankError::Protocol(format!("resourceId: {e}")))?,
                     iban: a
@@ -272,7 +280,8 @@ impl AccountListResponse {
                     name: a.name,
                     product: a.product,
                     cash_account_type: a.cash_account_type,
-                })
+                };
+                Ok((account, balances))
             })
             .collect()
     }
