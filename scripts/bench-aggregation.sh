@@ -5,7 +5,7 @@
 #     accounts, with the sandbox bank's latency fault at 100 ms per call;
 #   - categorisation throughput over 1,000,000 transactions (bench-categorise).
 # Release builds of the functions (as `make bench` builds them) and of the bench binary.
-# Settings: BENCH_LATENCY_MS, BENCH_COLD_RUNS, BENCH_WARM_RUNS, BENCH_LARGE_PAGE_SIZE
+# Settings: BENCH_LATENCY_MS, BENCH_COLD_RUNS, BENCH_WARM_RUNS, BENCH_PAGE_SIZE, BENCH_PAGED_SIZE
 # (see tests/src/bin/bench-aggregation.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
