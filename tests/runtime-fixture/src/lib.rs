@@ -7,11 +7,16 @@ pub fn record(function: &str, value: &serde_json::Value) {
     let Ok(path) = std::env::var("FIXTURE_LOG") else {
         return;
     };
-    let line = serde_json::json!({ "function": function, "event": value });
+    // One write of the whole line: instances of the fixture running at once (duplicate
+    // deliveries) append to the same file, and a line written in pieces could interleave.
+    let line = format!(
+        "{}\n",
+        serde_json::json!({ "function": function, "event": value })
+    );
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .expect("FIXTURE_LOG is writable");
-    writeln!(file, "{line}").expect("write FIXTURE_LOG");
+    file.write_all(line.as_bytes()).expect("write FIXTURE_LOG");
 }
