@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: the performance report. Builds the release binaries (the Lambda release
 # profile: LTO, one codegen unit, stripped, panic=abort; ~10 minutes on 2 cores the first
-# time), starts a private moto_server, runs every benchmark in one go and prints ONE table:
+# time), runs every benchmark in one go (each with a fresh private moto_server) and prints
+# ONE table:
 #   - bench-functions: per function bootstrap size, process start → first handled
 #     invocation, warm latency, peak memory;
 #   - bench-aggregation: bench-categorise (categorisation throughput and the seed's
@@ -17,8 +18,6 @@ cd "$(dirname "$0")/.."
 bash scripts/rust-toolchain.sh
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 export BANK_REGISTRY_PATH="${BANK_REGISTRY_PATH:-$PWD/infra/banks.json}"
-source scripts/bench-moto.sh
-
 cargo build --release --bins --workspace --exclude runtime-fixture
 bin="$TARGET/release"
 out=.local/bench
@@ -30,7 +29,10 @@ failed=()
 for bench in functions aggregation bulk; do
   echo "bench: bench-$bench (its table and notes: $out/$bench.md)" >&2
   started=$SECONDS
-  if "$bin/bench-$bench" >"$out/$bench.md"; then
+  # A fresh private moto_server for each benchmark (scripts/bench-moto.sh, stopped when
+  # the subshell ends): moto's Query and SQS calls cost time in proportion to everything
+  # stored, so one benchmark's leftovers would slow the next.
+  if (source scripts/bench-moto.sh && "$bin/bench-$bench" >"$out/$bench.md"); then
     echo "bench: bench-$bench done in $((SECONDS - started)) s" >&2
   else
     echo "bench: bench-$bench FAILED after $((SECONDS - started)) s (see $out/$bench.md and the log above)" >&2
