@@ -644,10 +644,14 @@ async fn bank_data_snapshots_read_together_equal_the_reads_one_by_one() {
                 id: "pending-1".into(),
                 ..stored(999, &acc.id)
             }];
-            store
+            let items = store
                 .put_transactions(&alice, &consent, &[(acc.id.clone(), booked, pending)])
                 .await
                 .unwrap();
+            assert!(
+                items.len() >= 3,
+                "months of booked items and the pending set"
+            );
             store
                 .put_transactions_meta(
                     &alice,
@@ -655,6 +659,7 @@ async fn bank_data_snapshots_read_together_equal_the_reads_one_by_one() {
                     &TransactionsMeta {
                         fetched_at: now,
                         covered_from: today - Days::new(90),
+                        items,
                     },
                 )
                 .await
@@ -711,6 +716,32 @@ async fn bank_data_snapshots_read_together_equal_the_reads_one_by_one() {
         one_by_one.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(transactions, one_by_one);
     }
+    // By the keys the metas list: the same transactions, for several connections at once.
+    let wanted: Vec<(ConsentId, Vec<String>)> = [&consents[0], &consents[5], &consents[10]]
+        .into_iter()
+        .map(|c| {
+            let items = together[c].transactions.as_ref().unwrap().items.clone();
+            (c.clone(), items)
+        })
+        .collect();
+    let by_key = store.read_transaction_items(&alice, &wanted).await.unwrap();
+    assert_eq!(by_key.len(), 3);
+    for (consent, _) in &wanted {
+        let mut listed = by_key[consent].clone();
+        let mut queried = store.read_transactions(&alice, consent).await.unwrap();
+        listed.sort_by(|a, b| a.id.cmp(&b.id));
+        queried.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(listed.len(), 121);
+        assert_eq!(listed, queried);
+    }
+    // A listed item that is not there is an error, not a silently shorter history.
+    let mut broken = wanted[..1].to_vec();
+    broken[0].1.push("TX#acc-0#1999-01#000".to_owned());
+    assert!(matches!(
+        store.read_transaction_items(&alice, &broken).await,
+        Err(StoreError::Corrupt(_))
+    ));
+
     let (_, with_counters) = store.read_snapshot(&alice, &consents[0]).await.unwrap();
     assert_eq!(
         with_counters.len(),

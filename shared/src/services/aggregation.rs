@@ -643,9 +643,10 @@ impl Aggregation {
             .into_iter()
             .filter(|c| c.state == ConsentState::Valid && c.bank_consent_id.is_some())
             .collect();
-        // Balances and accounts need only the small snapshot items: those of every
-        // connection in one read. Transactions read each connection's partition whole.
-        let mut metas = if need.transactions || consents.is_empty() {
+        // The snapshots of every connection in two reads by key: the small items (what
+        // was fetched when), then the transaction items they list. A connection whose
+        // snapshot could not be read this way reads it itself in `load`.
+        let mut metas = if consents.is_empty() {
             BTreeMap::new()
         } else {
             let ids: Vec<ConsentId> = consents.iter().map(|c| c.consent_id.clone()).collect();
@@ -658,9 +659,40 @@ impl Aggregation {
                     BTreeMap::new()
                 })
         };
+        let mut stored = BTreeMap::new();
+        if need.transactions {
+            let wanted: Vec<(ConsentId, Vec<String>)> = metas
+                .iter()
+                .filter_map(|(id, meta)| {
+                    let listed = &meta.transactions.as_ref()?.items;
+                    (!listed.is_empty()).then(|| (id.clone(), listed.clone()))
+                })
+                .collect();
+            if !wanted.is_empty() {
+                stored = self
+                    .deps
+                    .data
+                    .read_transaction_items(user, &wanted)
+                    .await
+                    .unwrap_or_else(|e| {
+                        warn!(error = %e, "stored transactions unreadable by key; querying them");
+                        BTreeMap::new()
+                    });
+            }
+        }
         let loads = consents.into_iter().map(|consent| {
-            let meta = metas.remove(&consent.consent_id);
-            self.load_bounded(consent, need, psu, meta)
+            let preloaded = metas.remove(&consent.consent_id).map(|meta| {
+                let transactions = if !need.transactions {
+                    None
+                } else if meta.transactions.is_none() {
+                    // Nothing stored yet (the meta is written after the items).
+                    Some(Vec::new())
+                } else {
+                    stored.remove(&consent.consent_id)
+                };
+                Preloaded { meta, transactions }
+            });
+            self.load_bounded(consent, need, psu, preloaded)
         });
         let mut loaded = Vec::new();
         let mut errors = Vec::new();
@@ -682,10 +714,11 @@ impl Aggregation {
         consent: ConsentRecord,
         need: Need,
         psu: Option<IpAddr>,
-        meta: Option<SnapshotMeta>,
+        preloaded: Option<Preloaded>,
     ) -> (Option<Loaded>, Vec<ErrorItem>) {
         let deadline = self.deps.config.bank_deadline;
-        match tokio::time::timeout(deadline, self.load(consent.clone(), need, psu, meta)).await {
+        match tokio::time::timeout(deadline, self.load(consent.clone(), need, psu, preloaded)).await
+        {
             Ok(result) => result,
             Err(_) => {
                 warn!(consent_id = %consent.consent_id, bank_id = %consent.bank_id,
@@ -747,14 +780,14 @@ impl Aggregation {
         })
     }
 
-    /// One connection: snapshot (`meta` when the caller read it already), budget, bank
-    /// (module docs).
+    /// One connection: snapshot (`preloaded` when the caller read it already), budget,
+    /// bank (module docs).
     async fn load(
         &self,
         consent: ConsentRecord,
         need: Need,
         psu: Option<IpAddr>,
-        meta: Option<SnapshotMeta>,
+        preloaded: Option<Preloaded>,
     ) -> (Option<Loaded>, Vec<ErrorItem>) {
         let user = consent.user_id.clone();
         let id = consent.consent_id.clone();
@@ -770,8 +803,15 @@ impl Aggregation {
         let unreadable = |e: StoreError| {
             warn!(consent_id = %id, error = %e, "snapshot unreadable; asking the bank");
         };
-        let (meta, stored_tx) = match (meta, need.transactions) {
-            (Some(meta), false) => (meta, vec![]),
+        let (meta, stored_tx) = match (preloaded, need.transactions) {
+            (Some(p), false) => (p.meta, vec![]),
+            (
+                Some(Preloaded {
+                    meta,
+                    transactions: Some(stored),
+                }),
+                true,
+            ) => (meta, stored),
             (_, true) => self
                 .deps
                 .data
@@ -1073,13 +1113,37 @@ impl Aggregation {
             if !tx_fetched {
                 return;
             }
-            if let Err(e) = self.deps.data.put_transactions(&user, &id, &writes).await {
-                warn!(consent_id = %id, error = %e, "could not store some transactions; refetched next time");
-                return;
-            }
+            let written = match self.deps.data.put_transactions(&user, &id, &writes).await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    warn!(consent_id = %id, error = %e, "could not store some transactions; refetched next time");
+                    return;
+                }
+            };
+            // The items of accounts not written now (their fetch failed) stay listed; when
+            // the old meta has no list, none is written (readers then query the partition).
+            let kept: Option<Vec<String>> = match &meta.transactions {
+                Some(old) if old.items.is_empty() && writes.len() < accounts.len() => None,
+                Some(old) => Some(
+                    old.items
+                        .iter()
+                        .filter(|key| {
+                            !writes
+                                .iter()
+                                .any(|(account, _, _)| item_of_account(key, account))
+                        })
+                        .cloned()
+                        .collect(),
+                ),
+                None => Some(Vec::new()),
+            };
             let meta = TransactionsMeta {
                 fetched_at: now,
                 covered_from,
+                items: kept.map_or_else(Vec::new, |mut kept| {
+                    kept.extend(written);
+                    kept
+                }),
             };
             if let Err(e) = self
                 .deps
@@ -1375,6 +1439,20 @@ fn balance_type_name(t: &BalanceType) -> String {
 }
 
 /// Our account id: `{connectionId}:{bank's account id}`.
+/// Whether a stored transaction item's sort key (`TX#{accountId}#…`) is of `account`.
+fn item_of_account(key: &str, account: &AccountId) -> bool {
+    key.strip_prefix("TX#")
+        .and_then(|rest| rest.strip_prefix(account.as_str()))
+        .is_some_and(|rest| rest.starts_with('#'))
+}
+
+/// A connection's snapshot read before [`Aggregation::load`]: its meta, and its stored
+/// transactions when the read needs them (`None`: not read, `load` reads them).
+struct Preloaded {
+    meta: SnapshotMeta,
+    transactions: Option<Vec<StoredTransaction>>,
+}
+
 pub fn account_key(consent: &ConsentId, account: &AccountId) -> String {
     format!("{}:{}", consent.as_str(), account.as_str())
 }
@@ -1656,6 +1734,16 @@ mod tests {
         for bad in ["", "!!!", "e30", &"A".repeat(2000)] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn stored_items_belong_to_their_account_only() {
+        let acc1 = AccountId::parse("acc1").unwrap();
+        assert!(item_of_account("TX#acc1#2026-11#000", &acc1));
+        assert!(item_of_account("TX#acc1#PENDING", &acc1));
+        assert!(!item_of_account("TX#acc10#2026-11#000", &acc1));
+        assert!(!item_of_account("TX#acc#2026-11#000", &acc1));
+        assert!(!item_of_account("META#TRANSACTIONS", &acc1));
     }
 
     #[test]

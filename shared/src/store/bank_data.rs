@@ -55,6 +55,11 @@ pub struct TransactionsMeta {
     pub fetched_at: DateTime<Utc>,
     /// The first booking day fetched (the history starts here).
     pub covered_from: NaiveDate,
+    /// The sort keys of the stored transaction items, so that they are read by key
+    /// ([`BankDataStore::read_transaction_items`]); empty in metas written before the list
+    /// existed (the items are then found by a Query of the partition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<String>,
 }
 
 /// One stored transaction: the bank's data plus our stable id and its account.
@@ -146,13 +151,14 @@ pub trait BankDataStore: Send + Sync {
     /// For each `(account, booked, pending)`: replaces the booked transactions of the
     /// account in the months present in `booked` (the caller merged them with what was
     /// stored) and the account's pending set. The DynamoDB adapter writes them with
-    /// BatchWriteItem (25 items a request).
+    /// BatchWriteItem (25 items a request). Answers the sort keys written (for
+    /// [`TransactionsMeta::items`]).
     async fn put_transactions(
         &self,
         user: &UserId,
         consent: &ConsentId,
         accounts: &[AccountTransactions],
-    ) -> Result<(), StoreError>;
+    ) -> Result<Vec<String>, StoreError>;
     async fn put_transactions_meta(
         &self,
         user: &UserId,
@@ -191,6 +197,25 @@ pub trait BankDataStore: Send + Sync {
         let mut out = BTreeMap::new();
         for consent in consents {
             out.insert(consent.clone(), self.read_meta(user, consent).await?);
+        }
+        Ok(out)
+    }
+
+    /// The stored transactions of several connections of one user, read by the sort keys
+    /// their metas list ([`TransactionsMeta::items`]; the DynamoDB adapter: BatchGetItem,
+    /// 100 keys a request). A listed item that is missing is an error (the list is written
+    /// after its items).
+    async fn read_transaction_items(
+        &self,
+        user: &UserId,
+        wanted: &[(ConsentId, Vec<String>)],
+    ) -> Result<BTreeMap<ConsentId, Vec<StoredTransaction>>, StoreError> {
+        let mut out = BTreeMap::new();
+        for (consent, _) in wanted {
+            out.insert(
+                consent.clone(),
+                self.read_transactions(user, consent).await?,
+            );
         }
         Ok(out)
     }
@@ -351,6 +376,51 @@ impl DynamoBankDataStore {
             .build()
     }
 
+    /// BatchGetItem (consistent) of `keys`, 100 a request; unprocessed keys are asked
+    /// again (with a short pause) until none is left. Missing items are simply absent.
+    async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+        let mut found = Vec::new();
+        for batch in keys.chunks(100) {
+            let mut pending = batch.to_vec();
+            for attempt in 0..8u32 {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(pending))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                let answer = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                found.extend(
+                    answer
+                        .responses
+                        .and_then(|mut r| r.remove(&self.table))
+                        .unwrap_or_default(),
+                );
+                pending = answer
+                    .unprocessed_keys
+                    .and_then(|mut m| m.remove(&self.table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt == 7 {
+                    return Err(StoreError::Backend(format!(
+                        "{} reads left unprocessed",
+                        pending.len()
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+            }
+        }
+        Ok(found)
+    }
+
     /// BatchWriteItem of `requests`, 25 a request; unprocessed ones are sent again (with a
     /// short pause) until none is left.
     async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
@@ -394,6 +464,14 @@ fn data<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
             serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
         }
         _ => Err(StoreError::Corrupt("snapshot item without data".into())),
+    }
+}
+
+/// The connection an item of [`DynamoBankDataStore`] belongs to, by its partition key.
+fn consent_of<'a>(item: &Item, by_pk: &'a BTreeMap<String, ConsentId>) -> Option<&'a ConsentId> {
+    match item.get("pk") {
+        Some(AttributeValue::S(pk)) => by_pk.get(pk),
+        _ => None,
     }
 }
 
@@ -443,50 +521,10 @@ impl BankDataStore for DynamoBankDataStore {
                 })
             })
             .collect();
-        // BatchGetItem takes up to 100 keys; unprocessed keys are asked again.
-        for batch in keys.chunks(99) {
-            let mut pending = batch.to_vec();
-            for attempt in 0..8u32 {
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(pending))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(|e| StoreError::Backend(e.to_string()))?;
-                let answer = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(backend)?;
-                for item in answer
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    let consent = match item.get("pk") {
-                        Some(AttributeValue::S(pk)) => by_pk.get(pk),
-                        _ => None,
-                    };
-                    if let Some(meta) = consent.and_then(|c| out.get_mut(c)) {
-                        meta.absorb(&item)?;
-                    }
-                }
-                pending = answer
-                    .unprocessed_keys
-                    .and_then(|mut m| m.remove(&self.table))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
-                if pending.is_empty() {
-                    break;
-                }
-                if attempt == 7 {
-                    return Err(StoreError::Backend(format!(
-                        "{} snapshot reads left unprocessed",
-                        pending.len()
-                    )));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+        for item in self.batch_get(keys).await? {
+            let consent = consent_of(&item, &by_pk);
+            if let Some(meta) = consent.and_then(|c| out.get_mut(c)) {
+                meta.absorb(&item)?;
             }
         }
         Ok(out)
@@ -562,27 +600,66 @@ impl BankDataStore for DynamoBankDataStore {
         user: &UserId,
         consent: &ConsentId,
         accounts: &[AccountTransactions],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let pk = Self::pk(user, consent);
         let expires = snapshot_expiry(Utc::now());
         let mut puts = Vec::new();
+        let mut keys = Vec::new();
         for (account, booked, pending) in accounts {
-            for (suffix, items) in chunks(booked) {
-                puts.push(self.json_put(
-                    &pk,
-                    format!("TX#{}#{suffix}", account.as_str()),
-                    to_json(&items)?,
-                    expires,
-                ));
+            let parts = chunks(booked)
+                .into_iter()
+                .map(|(suffix, items)| {
+                    (format!("TX#{}#{suffix}", account.as_str()), to_json(&items))
+                })
+                .chain(std::iter::once((
+                    format!("TX#{}#PENDING", account.as_str()),
+                    to_json(pending),
+                )));
+            for (sk, json) in parts {
+                puts.push(self.json_put(&pk, sk.clone(), json?, expires));
+                keys.push(sk);
             }
-            puts.push(self.json_put(
-                &pk,
-                format!("TX#{}#PENDING", account.as_str()),
-                to_json(pending)?,
-                expires,
-            ));
         }
-        self.batch_write(puts).await
+        self.batch_write(puts).await?;
+        Ok(keys)
+    }
+
+    async fn read_transaction_items(
+        &self,
+        user: &UserId,
+        wanted: &[(ConsentId, Vec<String>)],
+    ) -> Result<BTreeMap<ConsentId, Vec<StoredTransaction>>, StoreError> {
+        let mut out: BTreeMap<ConsentId, Vec<StoredTransaction>> = BTreeMap::new();
+        let mut by_pk: BTreeMap<String, ConsentId> = BTreeMap::new();
+        let mut keys = Vec::new();
+        for (consent, sks) in wanted {
+            let pk = Self::pk(user, consent);
+            out.insert(consent.clone(), Vec::new());
+            keys.extend(sks.iter().map(|sk| {
+                Item::from([
+                    ("pk".to_owned(), s(pk.clone())),
+                    ("sk".to_owned(), s(sk.clone())),
+                ])
+            }));
+            by_pk.insert(pk, consent.clone());
+        }
+        let expected = keys.len();
+        let mut found = 0;
+        for item in self.batch_get(keys).await? {
+            let consent = consent_of(&item, &by_pk);
+            if let Some(list) = consent.and_then(|c| out.get_mut(c)) {
+                let mut part: Vec<StoredTransaction> = data(&item)?;
+                list.append(&mut part);
+                found += 1;
+            }
+        }
+        if found != expected {
+            return Err(StoreError::Corrupt(format!(
+                "{} of {expected} listed transaction items are missing",
+                expected - found
+            )));
+        }
+        Ok(out)
     }
 
     async fn put_transactions_meta(
