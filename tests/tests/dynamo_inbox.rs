@@ -1,5 +1,6 @@
 //! Single-use nonces and the notification inbox against local AWS.
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{Duration, Utc};
 use integration_tests::LocalStack;
 use shared::domain::{NotificationId, UserId};
@@ -95,6 +96,57 @@ async fn notifications_are_stored_once_per_event_and_listed_newest_first() {
     );
     assert_eq!(store.list(&alice, 2).await.unwrap().len(), 2);
     assert_eq!(store.list(&bob, 10).await.unwrap().len(), 1);
+
+    // A second inbox item of a stored event (what a store without atomic transactions,
+    // like moto under concurrent duplicates, can leave): still listed once, as first told.
+    let first = listed
+        .iter()
+        .find(|n| n.event_id == "consent:1:valid")
+        .unwrap()
+        .clone();
+    let table = local.resources.table("NotificationsTable").to_owned();
+    let dynamodb = local.dynamodb();
+    let stored = dynamodb
+        .query()
+        .table_name(&table)
+        .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+        .expression_attribute_values(":pk", AttributeValue::S("USER#alice".into()))
+        .expression_attribute_values(":p", AttributeValue::S("NOTIF#".into()))
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    let mut twin = stored
+        .into_iter()
+        .find(|item| item.get("eventId") == Some(&AttributeValue::S("consent:1:valid".into())))
+        .expect("the inbox item of consent:1:valid");
+    let later = NotificationId::new();
+    twin.insert(
+        "sk".into(),
+        AttributeValue::S(format!(
+            "NOTIF#{}#{later}",
+            (Utc::now()).format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        )),
+    );
+    twin.insert(
+        "notificationId".into(),
+        AttributeValue::S(later.to_string()),
+    );
+    dynamodb
+        .put_item()
+        .table_name(&table)
+        .set_item(Some(twin))
+        .send()
+        .await
+        .unwrap();
+    let relisted = store.list(&alice, 10).await.unwrap();
+    let events: Vec<_> = relisted.iter().map(|n| n.event_id.as_str()).collect();
+    assert_eq!(
+        events,
+        ["consent:3:rejected", "consent:2:valid", "consent:1:valid"]
+    );
+    assert_eq!(relisted[2].notification_id, first.notification_id);
     assert!(
         store
             .list(&UserId::parse("carol").unwrap(), 10)

@@ -1166,12 +1166,29 @@ impl NotificationStore for DynamoNotificationStore {
             .send()
             .await
             .map_err(backend)?;
-        out.items
+        let listed: Vec<Notification> = out
+            .items
             .unwrap_or_default()
             .into_iter()
             .map(from_item)
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(once_per_event(listed))
     }
+}
+
+/// Each event once, as first stored (`newest_first` keeps its order). The guard item makes
+/// a second inbox item impossible where TransactWriteItems is atomic (DynamoDB); local
+/// stand-ins that apply concurrent transactions without a lock (moto) can store two, and
+/// the user must still see the event once.
+fn once_per_event(newest_first: Vec<Notification>) -> Vec<Notification> {
+    let mut seen = std::collections::HashSet::new();
+    let mut oldest_first: Vec<Notification> = newest_first
+        .into_iter()
+        .rev()
+        .filter(|n| seen.insert(n.event_id.clone()))
+        .collect();
+    oldest_first.reverse();
+    oldest_first
 }
 
 // ---------------------------------------------------------------- outbox
