@@ -229,6 +229,30 @@ impl BerlinGroupConnector {
         self.fetch_transaction_page(url, consent, psu).await
     }
 
+    /// `GET /v1/accounts`, with `withBalance=true` when asked (balances come only then).
+    async fn account_list(
+        &self,
+        consent: &BankConsentId,
+        psu: &PsuContext,
+        with_balance: bool,
+    ) -> Result<Vec<super::ListedAccount>, BankError> {
+        let mut url = self.url(&["accounts"]);
+        if with_balance {
+            url.query_pairs_mut().append_pair("withBalance", "true");
+        }
+        let builder = self.request(
+            Method::GET,
+            url,
+            CallHeaders {
+                consent: Some(consent),
+                psu: Some(psu),
+                ..Default::default()
+            },
+        );
+        let response: wire::AccountListResponse = self.call(builder).await?;
+        response.into_domain()
+    }
+
     async fn fetch_transaction_page(
         &self,
         url: Url,
@@ -393,18 +417,9 @@ impl BankApi for BerlinGroupConnector {
         consent: &BankConsentId,
         psu: &PsuContext,
     ) -> Result<Vec<Account>, BankError> {
-        let builder = self.request(
-            Method::GET,
-            self.url(&["accounts"]),
-            CallHeaders {
-                consent: Some(consent),
-                psu: Some(psu),
-                ..Default::default()
-            },
-        );
-        let response: wire::AccountListResponse = self.call(builder).await?;
-        Ok(response
-            .into_domain()?
+        Ok(self
+            .account_list(consent, psu, false)
+            .await?
             .into_iter()
             .map(|(account, _)| account)
             .collect())
@@ -415,27 +430,8 @@ impl BankApi for BerlinGroupConnector {
         consent: &BankConsentId,
         psu: &PsuContext,
     ) -> Result<Vec<super::ListedAccount>, BankError> {
-        if !self.config.quirks.with_balance {
-            return Ok(self
-                .accounts(consent, psu)
-                .await?
-                .into_iter()
-                .map(|a| (a, None))
-                .collect());
-        }
-        let mut url = self.url(&["accounts"]);
-        url.query_pairs_mut().append_pair("withBalance", "true");
-        let builder = self.request(
-            Method::GET,
-            url,
-            CallHeaders {
-                consent: Some(consent),
-                psu: Some(psu),
-                ..Default::default()
-            },
-        );
-        let response: wire::AccountListResponse = self.call(builder).await?;
-        response.into_domain()
+        self.account_list(consent, psu, self.config.quirks.with_balance)
+            .await
     }
 
     async fn balances(
