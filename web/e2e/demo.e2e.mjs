@@ -70,16 +70,34 @@ function minorUnits(amount, digits = 2) {
   return m[1] ? -value : value;
 }
 
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'demo-e2e-chromium-'));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: CHROMIUM,
-  headless: true,
-  viewport: { width: 1280, height: 900 },
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
+/**
+ * Chromium, started again (with a fresh profile) if it dies while starting: a CI run saw
+ * it crash with SIGSEGV at launch once, before any page was open. A failure after the
+ * launch is the test's and is never retried.
+ */
+async function launchBrowser(attempts = 3) {
+  for (let attempt = 1; ; attempt += 1) {
+    const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'demo-e2e-chromium-'));
+    try {
+      const context = await chromium.launchPersistentContext(userDataDir, {
+        executablePath: CHROMIUM,
+        headless: true,
+        viewport: { width: 1280, height: 900 },
+        args: [
+          '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+          '--disable-background-networking', '--disable-component-update', '--disable-sync',
+        ],
+      });
+      return { context, userDataDir };
+    } catch (error) {
+      fs.rmSync(userDataDir, { recursive: true, force: true });
+      if (attempt >= attempts) throw error;
+      console.log(`demo.e2e: chromium did not start (attempt ${attempt}): ${String(error).split('\n')[0]}`);
+    }
+  }
+}
+
+const { context, userDataDir } = await launchBrowser();
 const page = context.pages()[0] || (await context.newPage());
 page.setDefaultTimeout(20_000);
 const consoleLines = [];
