@@ -229,6 +229,19 @@ impl BerlinGroupConnector {
         self.fetch_transaction_page(url, consent, psu).await
     }
 
+    /// A GET of account information under `consent`, with the PSU's headers.
+    fn ais_get(&self, url: Url, consent: &BankConsentId, psu: &PsuContext) -> RequestBuilder {
+        self.request(
+            Method::GET,
+            url,
+            CallHeaders {
+                consent: Some(consent),
+                psu: Some(psu),
+                ..Default::default()
+            },
+        )
+    }
+
     /// `GET /v1/accounts`, with `withBalance=true` when asked (balances come only then).
     async fn account_list(
         &self,
@@ -240,15 +253,7 @@ impl BerlinGroupConnector {
         if with_balance {
             url.query_pairs_mut().append_pair("withBalance", "true");
         }
-        let builder = self.request(
-            Method::GET,
-            url,
-            CallHeaders {
-                consent: Some(consent),
-                psu: Some(psu),
-                ..Default::default()
-            },
-        );
+        let builder = self.ais_get(url, consent, psu);
         let response: wire::AccountListResponse = self.call(builder).await?;
         response.into_domain()
     }
@@ -259,15 +264,7 @@ impl BerlinGroupConnector {
         consent: &BankConsentId,
         psu: &PsuContext,
     ) -> Result<wire::TransactionPage, BankError> {
-        let builder = self.request(
-            Method::GET,
-            url,
-            CallHeaders {
-                consent: Some(consent),
-                psu: Some(psu),
-                ..Default::default()
-            },
-        );
+        let builder = self.ais_get(url, consent, psu);
         let response: wire::TransactionsResponse = self.call(builder).await?;
         response.transactions.unwrap_or_default().into_domain()
     }
@@ -440,14 +437,10 @@ impl BankApi for BerlinGroupConnector {
         account: &AccountId,
         psu: &PsuContext,
     ) -> Result<Vec<Balance>, BankError> {
-        let builder = self.request(
-            Method::GET,
+        let builder = self.ais_get(
             self.url(&["accounts", account.as_str(), "balances"]),
-            CallHeaders {
-                consent: Some(consent),
-                psu: Some(psu),
-                ..Default::default()
-            },
+            consent,
+            psu,
         );
         let response: wire::BalancesResponse = self.call(builder).await?;
         response.into_domain()
