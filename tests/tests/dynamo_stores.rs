@@ -555,26 +555,32 @@ async fn batch_counts_follow_every_move_and_items_page_in_order() {
     local.teardown().await;
 }
 
-/// The bank data snapshots read together (`read_metas`: BatchGetItem over connections;
-/// `read_snapshot`: one Query of a partition) equal the one-by-one reads, leave the access
-/// counters out and never mix connections or users.
+/// The bank data snapshots of many connections read together (`read_snapshots`: the metas
+/// in one BatchGetItem, holding small transaction sets packed; large sets in parts the meta
+/// lists; items from before packing by a Query) equal what was written, leave the access
+/// counters out, never mix connections or users, and a listed part that is missing is an
+/// error. A new set replaces the old one and deletes its parts.
 #[tokio::test]
-async fn bank_data_snapshots_read_together_equal_the_reads_one_by_one() {
+async fn bank_data_snapshots_read_together_equal_what_was_written() {
+    use aws_sdk_dynamodb::types::AttributeValue;
     use shared::bank::{Account, Balance, BalanceType, Transaction, TransactionState};
     use shared::domain::AccountId;
     use shared::store::{
         AccessKind, AccountsSnapshot, BalancesSnapshot, BankDataStore, DynamoBankDataStore,
-        SnapshotMeta, StoredTransaction, TransactionsMeta,
+        Snapshot, StoredTransaction,
     };
     use std::collections::BTreeMap;
 
     let local = LocalStack::provision().await;
-    let store = DynamoBankDataStore::new(local.dynamodb(), local.resources.table("BankDataTable"));
+    let table = local.resources.table("BankDataTable").to_owned();
+    let dynamodb = local.dynamodb();
+    let store = DynamoBankDataStore::new(dynamodb.clone(), table.clone());
     let alice = UserId::parse("alice").unwrap();
     let bob = UserId::parse("bob").unwrap();
     let eur = Currency::parse("EUR").unwrap();
     let now = Utc::now();
     let today = now.date_naive();
+    let covered_from = today - Days::new(90);
     let account = |n: usize| Account {
         id: AccountId::parse(&format!("acc-{n}")).unwrap(),
         iban: None,
@@ -583,7 +589,8 @@ async fn bank_data_snapshots_read_together_equal_the_reads_one_by_one() {
         product: None,
         cash_account_type: Some("CACC".into()),
     };
-    let stored = |n: usize, account: &AccountId| StoredTransaction {
+    // `noise` makes a transaction's text hard to compress (large sets need parts).
+    let stored = |n: usize, account: &AccountId, noise: bool| StoredTransaction {
         id: format!("tx-{n}"),
         account_id: account.clone(),
         tx: Transaction {
@@ -597,15 +604,44 @@ async fn bank_data_snapshots_read_together_equal_the_reads_one_by_one() {
             creditor_iban: None,
             debtor_name: None,
             debtor_iban: None,
-            remittance: None,
+            remittance: noise.then(|| {
+                (0..4)
+                    .map(|_| uuid::Uuid::new_v4().simple().to_string())
+                    .collect::<String>()
+            }),
             merchant_category_code: None,
             bank_transaction_code: None,
         },
     };
+    let sorted = |mut list: Vec<StoredTransaction>| {
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    };
+    let items_of = |pk: String| {
+        let dynamodb = dynamodb.clone();
+        let table = table.clone();
+        async move {
+            let out = dynamodb
+                .query()
+                .table_name(&table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(pk))
+                .send()
+                .await
+                .unwrap();
+            out.items
+                .unwrap_or_default()
+                .into_iter()
+                .map(|item| item["sk"].as_s().unwrap().clone())
+                .collect::<Vec<String>>()
+        }
+    };
 
     // 40 connections of alice (more than one BatchGetItem holds): accounts for all,
-    // balances for every other one, transactions and access counters for some.
+    // balances for every other one, transactions and access counters for some; one
+    // connection's transactions too large for its meta.
     let mut consents = Vec::new();
+    let mut written: BTreeMap<ConsentId, Vec<StoredTransaction>> = BTreeMap::new();
     for n in 0..40 {
         let consent = ConsentId::new();
         let acc = account(n);
@@ -639,31 +675,19 @@ async fn bank_data_snapshots_read_together_equal_the_reads_one_by_one() {
                 .unwrap();
         }
         if n % 5 == 0 {
-            let booked: Vec<StoredTransaction> = (0..120).map(|i| stored(i, &acc.id)).collect();
-            let pending = vec![StoredTransaction {
+            let large = n == 10;
+            let count = if large { 6_000 } else { 120 };
+            let mut all: Vec<StoredTransaction> =
+                (0..count).map(|i| stored(i, &acc.id, large)).collect();
+            all.push(StoredTransaction {
                 id: "pending-1".into(),
-                ..stored(999, &acc.id)
-            }];
-            let items = store
-                .put_transactions(&alice, &consent, &[(acc.id.clone(), booked, pending)])
-                .await
-                .unwrap();
-            assert!(
-                items.len() >= 3,
-                "months of booked items and the pending set"
-            );
+                ..stored(999_999, &acc.id, false)
+            });
             store
-                .put_transactions_meta(
-                    &alice,
-                    &consent,
-                    &TransactionsMeta {
-                        fetched_at: now,
-                        covered_from: today - Days::new(90),
-                        items,
-                    },
-                )
+                .put_transactions(&alice, &consent, now, covered_from, &all, None)
                 .await
                 .unwrap();
+            written.insert(consent.clone(), all);
             for kind in [AccessKind::Accounts, AccessKind::Transactions] {
                 assert!(
                     store
@@ -675,6 +699,37 @@ async fn bank_data_snapshots_read_together_equal_the_reads_one_by_one() {
         }
         consents.push(consent);
     }
+    // A connection stored before packing: JSON items by account and month, a meta
+    // without a list.
+    let legacy = consents[35].clone();
+    let legacy_pk = format!("DATA#alice#{}", legacy.as_str());
+    let legacy_tx: Vec<StoredTransaction> =
+        (0..3).map(|i| stored(i, &account(35).id, false)).collect();
+    for (sk, data) in [
+        (
+            "META#TRANSACTIONS".to_owned(),
+            serde_json::json!({"fetchedAt": now, "coveredFrom": covered_from}).to_string(),
+        ),
+        (
+            "TX#acc-35#2026-11#000".to_owned(),
+            serde_json::to_string(&legacy_tx[..2]).unwrap(),
+        ),
+        (
+            "TX#acc-35#PENDING".to_owned(),
+            serde_json::to_string(&legacy_tx[2..]).unwrap(),
+        ),
+    ] {
+        dynamodb
+            .put_item()
+            .table_name(&table)
+            .item("pk", AttributeValue::S(legacy_pk.clone()))
+            .item("sk", AttributeValue::S(sk))
+            .item("data", AttributeValue::S(data))
+            .send()
+            .await
+            .unwrap();
+    }
+    written.insert(legacy.clone(), legacy_tx);
     // Bob's connection with the same id as one of alice's: never read for alice.
     store
         .put_accounts(
@@ -691,65 +746,133 @@ async fn bank_data_snapshots_read_together_equal_the_reads_one_by_one() {
     let mut asked = consents.clone();
     asked.push(nothing.clone());
 
-    let together = store.read_metas(&alice, &asked).await.unwrap();
-    assert_eq!(together.len(), 41);
+    let with_tx = store.read_snapshots(&alice, &asked, true).await.unwrap();
+    let metas_only = store.read_snapshots(&alice, &asked, false).await.unwrap();
+    assert_eq!(with_tx.len(), 41);
+    assert_eq!(metas_only.len(), 41);
     for consent in &asked {
+        let Snapshot { meta, transactions } = with_tx[consent].clone();
+        assert_eq!(meta, metas_only[consent].meta, "{consent:?}");
+        assert_eq!(metas_only[consent].transactions, None);
         assert_eq!(
-            together[consent],
-            store.read_meta(&alice, consent).await.unwrap(),
-            "{consent:?}"
+            sorted(transactions.expect("asked for")),
+            sorted(written.get(consent).cloned().unwrap_or_default()),
+            "{consent:?}: what was written, without the access counters"
+        );
+        assert_eq!(
+            store.read_snapshot(&alice, consent, true).await.unwrap(),
+            with_tx[consent],
+            "one connection alone reads the same"
         );
     }
-    assert_eq!(together[&nothing], SnapshotMeta::default());
+    assert_eq!(with_tx[&nothing].meta, Default::default());
     assert_eq!(
-        together[&consents[3]].accounts.as_ref().unwrap().accounts,
+        with_tx[&consents[3]]
+            .meta
+            .accounts
+            .as_ref()
+            .unwrap()
+            .accounts,
         vec![account(3)]
     );
-    assert!(together[&consents[2]].balances.is_some());
-    assert!(together[&consents[3]].balances.is_none());
+    assert!(with_tx[&consents[2]].meta.balances.is_some());
+    assert!(with_tx[&consents[3]].meta.balances.is_none());
+    let meta0 = with_tx[&consents[0]].meta.transactions.clone().unwrap();
+    assert_eq!((meta0.fetched_at, meta0.covered_from), (now, covered_from));
+    assert!(meta0.items.is_empty(), "a small set is inside its meta");
 
-    for consent in [&consents[0], &consents[1], &consents[5], &nothing] {
-        let (meta, mut transactions) = store.read_snapshot(&alice, consent).await.unwrap();
-        let mut one_by_one = store.read_transactions(&alice, consent).await.unwrap();
-        assert_eq!(meta, store.read_meta(&alice, consent).await.unwrap());
-        transactions.sort_by(|a, b| a.id.cmp(&b.id));
-        one_by_one.sort_by(|a, b| a.id.cmp(&b.id));
-        assert_eq!(transactions, one_by_one);
-    }
-    // By the keys the metas list: the same transactions, for several connections at once.
-    let wanted: Vec<(ConsentId, Vec<String>)> = [&consents[0], &consents[5], &consents[10]]
-        .into_iter()
-        .map(|c| {
-            let items = together[c].transactions.as_ref().unwrap().items.clone();
-            (c.clone(), items)
-        })
-        .collect();
-    let by_key = store.read_transaction_items(&alice, &wanted).await.unwrap();
-    assert_eq!(by_key.len(), 3);
-    for (consent, _) in &wanted {
-        let mut listed = by_key[consent].clone();
-        let mut queried = store.read_transactions(&alice, consent).await.unwrap();
-        listed.sort_by(|a, b| a.id.cmp(&b.id));
-        queried.sort_by(|a, b| a.id.cmp(&b.id));
-        assert_eq!(listed.len(), 121);
-        assert_eq!(listed, queried);
-    }
-    // A listed item that is not there is an error, not a silently shorter history.
-    let mut broken = wanted[..1].to_vec();
-    broken[0].1.push("TX#acc-0#1999-01#000".to_owned());
+    // The large set: in parts its meta lists.
+    let large = consents[10].clone();
+    let large_pk = format!("DATA#alice#{}", large.as_str());
+    let large_meta = with_tx[&large].meta.transactions.clone().unwrap();
+    assert!(large_meta.items.len() >= 2, "{:?}", large_meta.items);
+    // A listed part that is missing is an error, not a silently shorter history.
+    let removed = large_meta.items[0].clone();
+    let part = dynamodb
+        .delete_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S(large_pk.clone()))
+        .key("sk", AttributeValue::S(removed.clone()))
+        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap();
     assert!(matches!(
-        store.read_transaction_items(&alice, &broken).await,
+        store
+            .read_snapshots(&alice, std::slice::from_ref(&large), true)
+            .await,
         Err(StoreError::Corrupt(_))
     ));
+    dynamodb
+        .put_item()
+        .table_name(&table)
+        .set_item(Some(part))
+        .send()
+        .await
+        .unwrap();
 
-    let (_, with_counters) = store.read_snapshot(&alice, &consents[0]).await.unwrap();
-    assert_eq!(
-        with_counters.len(),
-        121,
-        "120 booked + 1 pending, no counters"
+    // A new large set replaces the parts with a new generation; a small one then moves
+    // into the meta; the old parts are deleted each time.
+    let later = now + chrono::Duration::seconds(1);
+    let replacement: Vec<StoredTransaction> = (0..5_000)
+        .map(|i| stored(i, &account(10).id, true))
+        .collect();
+    store
+        .put_transactions(
+            &alice,
+            &large,
+            later,
+            covered_from,
+            &replacement,
+            Some(&large_meta),
+        )
+        .await
+        .unwrap();
+    let again = store.read_snapshot(&alice, &large, true).await.unwrap();
+    let again_meta = again.meta.transactions.clone().unwrap();
+    assert!(
+        again_meta
+            .items
+            .iter()
+            .all(|k| !large_meta.items.contains(k))
     );
-    assert_eq!(
-        store.read_metas(&alice, &[]).await.unwrap(),
-        BTreeMap::new()
+    assert_eq!(sorted(again.transactions.unwrap()), sorted(replacement));
+    let keys = items_of(large_pk.clone()).await;
+    assert!(
+        large_meta.items.iter().all(|k| !keys.contains(k)),
+        "the old generation is deleted: {keys:?}"
     );
+    let small: Vec<StoredTransaction> = (0..3).map(|i| stored(i, &account(10).id, false)).collect();
+    store
+        .put_transactions(
+            &alice,
+            &large,
+            later,
+            covered_from,
+            &small,
+            Some(&again_meta),
+        )
+        .await
+        .unwrap();
+    let now_small = store.read_snapshot(&alice, &large, true).await.unwrap();
+    assert!(now_small.meta.transactions.unwrap().items.is_empty());
+    assert_eq!(sorted(now_small.transactions.unwrap()), sorted(small));
+    assert!(
+        !items_of(large_pk)
+            .await
+            .iter()
+            .any(|k| k.starts_with("TX#")),
+        "no parts left"
+    );
+
+    assert!(
+        store
+            .read_snapshots(&alice, &[], true)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    local.teardown().await;
 }

@@ -53,7 +53,7 @@ use crate::fx::RateSource;
 use crate::http::FieldError;
 use crate::store::{
     AccessKind, AccountsSnapshot, BalancesSnapshot, BankDataStore, ConsentRecord, ConsentStore,
-    SnapshotMeta, StoreError, StoredTransaction, TransactionsMeta,
+    Snapshot, StoreError, StoredTransaction,
 };
 
 /// Env: how long a snapshot is served without asking the bank (seconds).
@@ -643,56 +643,22 @@ impl Aggregation {
             .into_iter()
             .filter(|c| c.state == ConsentState::Valid && c.bank_consent_id.is_some())
             .collect();
-        // The snapshots of every connection in two reads by key: the small items (what
-        // was fetched when), then the transaction items they list. A connection whose
-        // snapshot could not be read this way reads it itself in `load`.
-        let mut metas = if consents.is_empty() {
-            BTreeMap::new()
-        } else {
-            let ids: Vec<ConsentId> = consents.iter().map(|c| c.consent_id.clone()).collect();
-            self.deps
-                .data
-                .read_metas(user, &ids)
-                .await
-                .unwrap_or_else(|e| {
-                    warn!(error = %e, "snapshots unreadable together; reading them one by one");
-                    BTreeMap::new()
-                })
-        };
-        let mut stored = BTreeMap::new();
-        if need.transactions {
-            let wanted: Vec<(ConsentId, Vec<String>)> = metas
-                .iter()
-                .filter_map(|(id, meta)| {
-                    let listed = &meta.transactions.as_ref()?.items;
-                    (!listed.is_empty()).then(|| (id.clone(), listed.clone()))
-                })
-                .collect();
-            if !wanted.is_empty() {
-                stored = self
-                    .deps
-                    .data
-                    .read_transaction_items(user, &wanted)
-                    .await
-                    .unwrap_or_else(|e| {
-                        warn!(error = %e, "stored transactions unreadable by key; querying them");
-                        BTreeMap::new()
-                    });
-            }
-        }
-        let loads = consents.into_iter().map(|consent| {
-            let preloaded = metas.remove(&consent.consent_id).map(|meta| {
-                let transactions = if !need.transactions {
-                    None
-                } else if meta.transactions.is_none() {
-                    // Nothing stored yet (the meta is written after the items).
-                    Some(Vec::new())
-                } else {
-                    stored.remove(&consent.consent_id)
-                };
-                Preloaded { meta, transactions }
+        // The snapshots of every connection together: one read of the metas, which hold
+        // the transactions unless a connection's are large. A connection whose snapshot
+        // could not be read this way reads it itself in `load`.
+        let ids: Vec<ConsentId> = consents.iter().map(|c| c.consent_id.clone()).collect();
+        let mut snapshots = self
+            .deps
+            .data
+            .read_snapshots(user, &ids, need.transactions)
+            .await
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "snapshots unreadable together; reading them one by one");
+                BTreeMap::new()
             });
-            self.load_bounded(consent, need, psu, preloaded)
+        let loads = consents.into_iter().map(|consent| {
+            let snapshot = snapshots.remove(&consent.consent_id);
+            self.load_bounded(consent, need, psu, snapshot)
         });
         let mut loaded = Vec::new();
         let mut errors = Vec::new();
@@ -714,7 +680,7 @@ impl Aggregation {
         consent: ConsentRecord,
         need: Need,
         psu: Option<IpAddr>,
-        preloaded: Option<Preloaded>,
+        preloaded: Option<Snapshot>,
     ) -> (Option<Loaded>, Vec<ErrorItem>) {
         let deadline = self.deps.config.bank_deadline;
         match tokio::time::timeout(deadline, self.load(consent.clone(), need, psu, preloaded)).await
@@ -742,23 +708,14 @@ impl Aggregation {
     }
 
     async fn snapshot_only(&self, consent: ConsentRecord, need: Need) -> Option<Loaded> {
-        let user = consent.user_id.clone();
-        let meta = self
+        let Snapshot { meta, transactions } = self
             .deps
             .data
-            .read_meta(&user, &consent.consent_id)
+            .read_snapshot(&consent.user_id, &consent.consent_id, need.transactions)
             .await
             .ok()?;
         let accounts = meta.accounts?;
-        let transactions = if need.transactions {
-            self.deps
-                .data
-                .read_transactions(&user, &consent.consent_id)
-                .await
-                .unwrap_or_default()
-        } else {
-            vec![]
-        };
+        let transactions = transactions.unwrap_or_default();
         let mut fetched = vec![accounts.fetched_at];
         let balances = match (&meta.balances, need.balances) {
             (Some(b), true) => {
@@ -787,7 +744,7 @@ impl Aggregation {
         consent: ConsentRecord,
         need: Need,
         psu: Option<IpAddr>,
-        preloaded: Option<Preloaded>,
+        preloaded: Option<Snapshot>,
     ) -> (Option<Loaded>, Vec<ErrorItem>) {
         let user = consent.user_id.clone();
         let id = consent.consent_id.clone();
@@ -803,36 +760,23 @@ impl Aggregation {
         let unreadable = |e: StoreError| {
             warn!(consent_id = %id, error = %e, "snapshot unreadable; asking the bank");
         };
-        let (meta, stored_tx) = match (preloaded, need.transactions) {
-            (Some(p), false) => (p.meta, vec![]),
-            (
-                Some(Preloaded {
-                    meta,
-                    transactions: Some(stored),
-                }),
-                true,
-            ) => (meta, stored),
-            (_, true) => self
+        let snapshot = match preloaded {
+            Some(s) if !need.transactions || s.transactions.is_some() => s,
+            _ => self
                 .deps
                 .data
-                .read_snapshot(&user, &id)
+                .read_snapshot(&user, &id, need.transactions)
                 .await
                 .unwrap_or_else(|e| {
                     unreadable(e);
-                    (SnapshotMeta::default(), vec![])
+                    Snapshot::default()
                 }),
-            (None, false) => (
-                self.deps
-                    .data
-                    .read_meta(&user, &id)
-                    .await
-                    .unwrap_or_else(|e| {
-                        unreadable(e);
-                        SnapshotMeta::default()
-                    }),
-                vec![],
-            ),
         };
+        let Snapshot {
+            meta,
+            transactions: stored_tx,
+        } = snapshot;
+        let stored_tx = stored_tx.unwrap_or_default();
         let now = self.deps.clock.now();
         let today = now.date_naive();
         let max_age = self.deps.config.max_age;
@@ -1053,7 +997,6 @@ impl Aggregation {
                 .push(t);
         }
         let mut tx_fetched = false;
-        let mut writes = Vec::new();
         for (account, fetched_balances, fetched_tx) in results {
             match fetched_balances {
                 Some(Ok(list)) => {
@@ -1070,7 +1013,6 @@ impl Aggregation {
                         .remove(account.id.as_str())
                         .unwrap_or_default();
                     let (booked, pending) = merge_transactions(&account.id, stored, list);
-                    writes.push((account.id.clone(), booked.clone(), pending.clone()));
                     let mut all = booked;
                     all.extend(pending);
                     tx_by_account.insert(account.id.as_str().to_owned(), all);
@@ -1095,8 +1037,10 @@ impl Aggregation {
         {
             fetched_times.push(t.fetched_at);
         }
-        // The snapshot writes go together: balances, and the transactions followed by
-        // their meta (which says what the stored transactions cover, so it comes last).
+        // The connection's transactions: the merged ones of the accounts fetched now, the
+        // stored ones of the others (whose fetch failed).
+        let transactions: Vec<StoredTransaction> = tx_by_account.into_values().flatten().collect();
+        // The snapshot writes go together: balances, and the connection's transactions.
         let store_balances = async {
             if !balances_fetched {
                 return;
@@ -1113,49 +1057,23 @@ impl Aggregation {
             if !tx_fetched {
                 return;
             }
-            let written = match self.deps.data.put_transactions(&user, &id, &writes).await {
-                Ok(keys) => keys,
-                Err(e) => {
-                    warn!(consent_id = %id, error = %e, "could not store some transactions; refetched next time");
-                    return;
-                }
-            };
-            // The items of accounts not written now (their fetch failed) stay listed; when
-            // the old meta has no list, none is written (readers then query the partition).
-            let kept: Option<Vec<String>> = match &meta.transactions {
-                Some(old) if old.items.is_empty() && writes.len() < accounts.len() => None,
-                Some(old) => Some(
-                    old.items
-                        .iter()
-                        .filter(|key| {
-                            !writes
-                                .iter()
-                                .any(|(account, _, _)| item_of_account(key, account))
-                        })
-                        .cloned()
-                        .collect(),
-                ),
-                None => Some(Vec::new()),
-            };
-            let meta = TransactionsMeta {
-                fetched_at: now,
-                covered_from,
-                items: kept.map_or_else(Vec::new, |mut kept| {
-                    kept.extend(written);
-                    kept
-                }),
-            };
             if let Err(e) = self
                 .deps
                 .data
-                .put_transactions_meta(&user, &id, &meta)
+                .put_transactions(
+                    &user,
+                    &id,
+                    now,
+                    covered_from,
+                    &transactions,
+                    meta.transactions.as_ref(),
+                )
                 .await
             {
-                warn!(consent_id = %id, error = %e, "could not store the transactions meta");
+                warn!(consent_id = %id, error = %e, "could not store the transactions; refetched next time");
             }
         };
         tokio::join!(store_balances, store_transactions);
-        let transactions = tx_by_account.into_values().flatten().collect();
         info!(consent_id = %id, bank_id = %consent.bank_id, from_snapshot,
             fetched = ?fetch.iter().map(|k| k.as_str()).collect::<Vec<_>>(), "connection loaded");
         let source = self.source(&consent, fetched_times.into_iter().min(), from_snapshot);
@@ -1439,20 +1357,6 @@ fn balance_type_name(t: &BalanceType) -> String {
 }
 
 /// Our account id: `{connectionId}:{bank's account id}`.
-/// Whether a stored transaction item's sort key (`TX#{accountId}#…`) is of `account`.
-fn item_of_account(key: &str, account: &AccountId) -> bool {
-    key.strip_prefix("TX#")
-        .and_then(|rest| rest.strip_prefix(account.as_str()))
-        .is_some_and(|rest| rest.starts_with('#'))
-}
-
-/// A connection's snapshot read before [`Aggregation::load`]: its meta, and its stored
-/// transactions when the read needs them (`None`: not read, `load` reads them).
-struct Preloaded {
-    meta: SnapshotMeta,
-    transactions: Option<Vec<StoredTransaction>>,
-}
-
 pub fn account_key(consent: &ConsentId, account: &AccountId) -> String {
     format!("{}:{}", consent.as_str(), account.as_str())
 }
@@ -1734,16 +1638,6 @@ mod tests {
         for bad in ["", "!!!", "e30", &"A".repeat(2000)] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn stored_items_belong_to_their_account_only() {
-        let acc1 = AccountId::parse("acc1").unwrap();
-        assert!(item_of_account("TX#acc1#2026-11#000", &acc1));
-        assert!(item_of_account("TX#acc1#PENDING", &acc1));
-        assert!(!item_of_account("TX#acc10#2026-11#000", &acc1));
-        assert!(!item_of_account("TX#acc#2026-11#000", &acc1));
-        assert!(!item_of_account("META#TRANSACTIONS", &acc1));
     }
 
     #[test]

@@ -2,32 +2,49 @@
 //! the daily counters of background accesses, in the bank data table.
 //!
 //! One partition per connection: `pk = DATA#{userId}#{consentId}`. Sort keys:
-//! `META#ACCOUNTS`, `META#BALANCES`, `META#TRANSACTIONS` (small items: what was fetched and
-//! when), `TX#{accountId}#{YYYY-MM}#{part}` (booked transactions of one month, up to
-//! [`CHUNK_LEN`] per part), `TX#{accountId}#PENDING` (the pending set, replaced whole at
-//! every refresh) and `USAGE#{YYYY-MM-DD}#{kind}` (atomic counters of reads without the
-//! PSU). Snapshot payloads are compact JSON strings in a `data` attribute. Everything
-//! carries `expiresAt` (TTL): snapshots a month after their last refresh, counters two days.
-//! A revoked connection's partition is deleted ([`BankDataStore::purge`]).
+//! `META#ACCOUNTS`, `META#BALANCES`, `META#TRANSACTIONS` (what was fetched and when, as a
+//! compact JSON string in `data`), `TX#{generation}#{part}` (transactions, when a
+//! connection's do not fit in its meta) and `USAGE#{YYYY-MM-DD}#{kind}` (atomic counters of
+//! reads without the PSU). Everything carries `expiresAt` (TTL): snapshots a month after
+//! their last refresh, counters two days. A revoked connection's partition is deleted
+//! ([`BankDataStore::purge`]).
+//!
+//! Transactions are stored packed: the JSON array, LZ4-compressed, in a binary `txz`
+//! attribute (about a fifth of the JSON's size). A connection's whole set is written at
+//! every refresh: inside `META#TRANSACTIONS` itself when it packs to at most
+//! [`INLINE_LIMIT`] bytes (one PutItem to write, and the metas' BatchGetItem reads it), else
+//! in parts of at most [`PART_JSON_LIMIT`] bytes of JSON under a new generation that the
+//! meta then lists (the parts first, the meta last, then the previous generation's parts
+//! are deleted; a crash in between leaves the old meta and its parts whole). Items written
+//! before packing (`TX#{accountId}#{YYYY-MM}#{part}` with JSON in `data`, not listed by
+//! their meta) are still read, by a Query of the partition.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeValue, DeleteRequest, KeysAndAttributes, PutRequest, WriteRequest,
 };
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use super::StoreError;
 use super::dynamo::{Item, backend, bounded_increment, s};
 use crate::bank::{Account, Balance, Transaction};
 use crate::domain::{AccountId, ConsentId, UserId};
 
-/// Largest number of transactions in one stored item (keeps items far below 400 KB).
-pub const CHUNK_LEN: usize = 400;
+/// Largest packed transactions kept inside `META#TRANSACTIONS` (DynamoDB items hold
+/// 400 KB; larger sets go to parts).
+pub const INLINE_LIMIT: usize = 300 * 1024;
+/// Largest JSON of one part of a connection's transactions (its packed form is never larger
+/// than this plus a little, so it fits an item).
+pub const PART_JSON_LIMIT: usize = 320 * 1024;
+/// Largest unpacked size believed when unpacking a stored item.
+const UNPACKED_LIMIT: usize = 64 * 1024 * 1024;
 /// Snapshots are dropped (TTL) this long after their last refresh.
 pub const SNAPSHOT_TTL_DAYS: i64 = 31;
 
@@ -55,9 +72,9 @@ pub struct TransactionsMeta {
     pub fetched_at: DateTime<Utc>,
     /// The first booking day fetched (the history starts here).
     pub covered_from: NaiveDate,
-    /// The sort keys of the stored transaction items, so that they are read by key
-    /// ([`BankDataStore::read_transaction_items`]); empty in metas written before the list
-    /// existed (the items are then found by a Query of the partition).
+    /// The sort keys of the parts holding the transactions when they did not fit in the
+    /// meta (module docs); empty when they are inside it, and in metas written before
+    /// either existed (their items are then found by a Query of the partition).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<String>,
 }
@@ -72,10 +89,6 @@ pub struct StoredTransaction {
     pub tx: Transaction,
 }
 
-/// What [`BankDataStore::put_transactions`] stores for one account: its id, the booked
-/// transactions of the months it replaces, and its whole pending set.
-pub type AccountTransactions = (AccountId, Vec<StoredTransaction>, Vec<StoredTransaction>);
-
 /// The small items of one connection's snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotMeta {
@@ -84,8 +97,18 @@ pub struct SnapshotMeta {
     pub transactions: Option<TransactionsMeta>,
 }
 
+/// One connection's snapshot as read: its metas and, when they were asked for, its
+/// stored transactions (empty when none are stored).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub transactions: Option<Vec<StoredTransaction>>,
+}
+
 /// The sort keys of [`SnapshotMeta`]'s items.
 const META_KEYS: [&str; 3] = ["META#ACCOUNTS", "META#BALANCES", "META#TRANSACTIONS"];
+/// The packed transactions' attribute (module docs).
+const PACKED: &str = "txz";
 
 impl SnapshotMeta {
     /// Takes in one stored meta item (others are ignored).
@@ -124,12 +147,17 @@ impl AccessKind {
 /// Snapshots and access counters (module docs).
 #[async_trait]
 pub trait BankDataStore: Send + Sync {
-    /// The accounts, balances and transactions meta items of a connection.
-    async fn read_meta(
+    /// The snapshots of several connections of one user, with their stored transactions
+    /// when `transactions` is set, in as few requests as the store allows (the DynamoDB
+    /// adapter: one BatchGetItem of the metas, which hold the transactions unless they are
+    /// large; then one of the parts large ones list). Connections without a snapshot map
+    /// to an empty one.
+    async fn read_snapshots(
         &self,
         user: &UserId,
-        consent: &ConsentId,
-    ) -> Result<SnapshotMeta, StoreError>;
+        consents: &[ConsentId],
+        transactions: bool,
+    ) -> Result<BTreeMap<ConsentId, Snapshot>, StoreError>;
     async fn put_accounts(
         &self,
         user: &UserId,
@@ -142,28 +170,17 @@ pub trait BankDataStore: Send + Sync {
         consent: &ConsentId,
         snapshot: &BalancesSnapshot,
     ) -> Result<(), StoreError>;
-    /// Every stored transaction of the connection (booked and pending).
-    async fn read_transactions(
-        &self,
-        user: &UserId,
-        consent: &ConsentId,
-    ) -> Result<Vec<StoredTransaction>, StoreError>;
-    /// For each `(account, booked, pending)`: replaces the booked transactions of the
-    /// account in the months present in `booked` (the caller merged them with what was
-    /// stored) and the account's pending set. The DynamoDB adapter writes them with
-    /// BatchWriteItem (25 items a request). Answers the sort keys written (for
-    /// [`TransactionsMeta::items`]).
+    /// Replaces the connection's stored transactions with `all` (booked and pending of
+    /// every account), fetched at `fetched_at` back to `covered_from`. `previous` is the
+    /// meta read before (its parts are deleted once the new set is stored).
     async fn put_transactions(
         &self,
         user: &UserId,
         consent: &ConsentId,
-        accounts: &[AccountTransactions],
-    ) -> Result<Vec<String>, StoreError>;
-    async fn put_transactions_meta(
-        &self,
-        user: &UserId,
-        consent: &ConsentId,
-        meta: &TransactionsMeta,
+        fetched_at: DateTime<Utc>,
+        covered_from: NaiveDate,
+        all: &[StoredTransaction],
+        previous: Option<&TransactionsMeta>,
     ) -> Result<(), StoreError>;
     /// Takes one read of `kind` from the connection's budget for `day` (atomically):
     /// `false` when `limit` reads were taken already.
@@ -186,71 +203,69 @@ pub trait BankDataStore: Send + Sync {
     /// Deletes everything stored for the connection; the number of items deleted.
     async fn purge(&self, user: &UserId, consent: &ConsentId) -> Result<usize, StoreError>;
 
-    /// [`Self::read_meta`] of several connections of one user, in as few requests as the
-    /// store allows (the DynamoDB adapter: one BatchGetItem per 33 connections).
-    /// Connections without a snapshot map to an empty [`SnapshotMeta`].
-    async fn read_metas(
-        &self,
-        user: &UserId,
-        consents: &[ConsentId],
-    ) -> Result<BTreeMap<ConsentId, SnapshotMeta>, StoreError> {
-        let mut out = BTreeMap::new();
-        for consent in consents {
-            out.insert(consent.clone(), self.read_meta(user, consent).await?);
-        }
-        Ok(out)
-    }
-
-    /// The stored transactions of several connections of one user, read by the sort keys
-    /// their metas list ([`TransactionsMeta::items`]; the DynamoDB adapter: BatchGetItem,
-    /// 100 keys a request). A listed item that is missing is an error (the list is written
-    /// after its items).
-    async fn read_transaction_items(
-        &self,
-        user: &UserId,
-        wanted: &[(ConsentId, Vec<String>)],
-    ) -> Result<BTreeMap<ConsentId, Vec<StoredTransaction>>, StoreError> {
-        let mut out = BTreeMap::new();
-        for (consent, _) in wanted {
-            out.insert(
-                consent.clone(),
-                self.read_transactions(user, consent).await?,
-            );
-        }
-        Ok(out)
-    }
-
-    /// [`Self::read_meta`] and [`Self::read_transactions`] of one connection together (the
-    /// DynamoDB adapter: one Query of the partition).
+    /// [`Self::read_snapshots`] of one connection.
     async fn read_snapshot(
         &self,
         user: &UserId,
         consent: &ConsentId,
-    ) -> Result<(SnapshotMeta, Vec<StoredTransaction>), StoreError> {
-        Ok((
-            self.read_meta(user, consent).await?,
-            self.read_transactions(user, consent).await?,
-        ))
+        transactions: bool,
+    ) -> Result<Snapshot, StoreError> {
+        Ok(self
+            .read_snapshots(user, std::slice::from_ref(consent), transactions)
+            .await?
+            .remove(consent)
+            .unwrap_or_default())
     }
 }
 
-/// Groups booked transactions into stored items: `(sort key suffix, transactions)`, one
-/// per month and part of at most [`CHUNK_LEN`], in a stable order.
-pub fn chunks(booked: &[StoredTransaction]) -> Vec<(String, Vec<&StoredTransaction>)> {
-    let mut by_month: BTreeMap<String, Vec<&StoredTransaction>> = BTreeMap::new();
-    for t in booked {
-        let day = t.tx.booking_date.or(t.tx.value_date);
-        let month = day.map_or_else(|| "undated".to_owned(), |d| d.format("%Y-%m").to_string());
-        by_month.entry(month).or_default().push(t);
+/// Packs transactions (module docs): the LZ4-compressed JSON array, its length first.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] when a transaction does not serialise.
+pub fn pack(transactions: &[StoredTransaction]) -> Result<Vec<u8>, StoreError> {
+    let json = serde_json::to_vec(transactions).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(lz4_flex::compress_prepend_size(&json))
+}
+
+/// The transactions [`pack`] packed.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] for bytes that are not packed transactions.
+pub fn unpack(packed: &[u8]) -> Result<Vec<StoredTransaction>, StoreError> {
+    let corrupt = |e: String| StoreError::Corrupt(format!("packed transactions: {e}"));
+    let size = packed
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| corrupt("too short".into()))?;
+    if size > UNPACKED_LIMIT {
+        return Err(corrupt(format!("claims {size} bytes unpacked")));
     }
+    let json = lz4_flex::decompress_size_prepended(packed).map_err(|e| corrupt(e.to_string()))?;
+    serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Splits transactions into parts of at most [`PART_JSON_LIMIT`] bytes of JSON (one
+/// transaction larger than that is a part of its own), in order.
+fn parts(all: &[StoredTransaction]) -> Result<Vec<&[StoredTransaction]>, StoreError> {
     let mut out = Vec::new();
-    for (month, mut items) in by_month {
-        items.sort_by(|a, b| a.id.cmp(&b.id));
-        for (part, chunk) in items.chunks(CHUNK_LEN).enumerate() {
-            out.push((format!("{month}#{part:03}"), chunk.to_vec()));
+    let mut start = 0;
+    let mut size = 2;
+    for (i, t) in all.iter().enumerate() {
+        let len = serde_json::to_vec(t)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .len()
+            + 1;
+        if i > start && size + len > PART_JSON_LIMIT {
+            out.push(&all[start..i]);
+            start = i;
+            size = 2;
         }
+        size += len;
     }
-    out
+    if start < all.len() {
+        out.push(&all[start..]);
+    }
+    Ok(out)
 }
 
 /// The DynamoDB adapter (module docs).
@@ -279,23 +294,16 @@ impl DynamoBankDataStore {
         data: &T,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        self.put_json(pk, sk, to_json(data)?, expires_at).await
-    }
-
-    async fn put_json(
-        &self,
-        pk: String,
-        sk: String,
-        json: String,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
         self.client
             .put_item()
+            .set_item(Some(snapshot_item(
+                pk,
+                sk,
+                Some(to_json(data)?),
+                None,
+                expires_at,
+            )))
             .table_name(&self.table)
-            .item("pk", s(pk))
-            .item("sk", s(sk))
-            .item("data", s(json))
-            .item("expiresAt", AttributeValue::N(expires_at.to_string()))
             .send()
             .await
             .map_err(backend)?;
@@ -361,31 +369,27 @@ impl DynamoBankDataStore {
         self.batch_write(deletes).await
     }
 
-    /// A PutItem of a snapshot item (`data` holds `json`), for [`Self::batch_write`].
-    fn json_put(&self, pk: &str, sk: String, json: String, expires_at: i64) -> WriteRequest {
-        WriteRequest::builder()
-            .put_request(
-                PutRequest::builder()
-                    .item("pk", s(pk))
-                    .item("sk", s(sk))
-                    .item("data", s(json))
-                    .item("expiresAt", AttributeValue::N(expires_at.to_string()))
-                    .build()
-                    .expect("the item is set"),
-            )
-            .build()
-    }
-
     /// BatchGetItem (consistent) of `keys`, 100 a request; unprocessed keys are asked
     /// again (with a short pause) until none is left. Missing items are simply absent.
-    async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+    /// With `projection`, only those attributes are read (`#d` stands for `data`).
+    async fn batch_get(
+        &self,
+        keys: Vec<Item>,
+        projection: Option<&str>,
+    ) -> Result<Vec<Item>, StoreError> {
         let mut found = Vec::new();
         for batch in keys.chunks(100) {
             let mut pending = batch.to_vec();
             for attempt in 0..8u32 {
-                let request = KeysAndAttributes::builder()
+                let mut request = KeysAndAttributes::builder()
                     .set_keys(Some(pending))
-                    .consistent_read(true)
+                    .consistent_read(true);
+                if let Some(projection) = projection {
+                    request = request
+                        .projection_expression(projection)
+                        .expression_attribute_names("#d", "data");
+                }
+                let request = request
                     .build()
                     .map_err(|e| StoreError::Backend(e.to_string()))?;
                 let answer = self
@@ -467,6 +471,44 @@ fn data<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
     }
 }
 
+/// The transactions of a `TX#…` item: packed in `txz`, or JSON in `data` (written before
+/// packing).
+fn stored_transactions(item: &Item) -> Result<Vec<StoredTransaction>, StoreError> {
+    match item.get(PACKED) {
+        Some(AttributeValue::B(packed)) => unpack(packed.as_ref()),
+        _ => data(item),
+    }
+}
+
+/// A snapshot item: `data` (JSON) and/or `txz` (packed transactions), with its TTL.
+fn snapshot_item(
+    pk: String,
+    sk: String,
+    json: Option<String>,
+    packed: Option<Vec<u8>>,
+    expires_at: i64,
+) -> Item {
+    let mut item = Item::from([
+        ("pk".to_owned(), s(pk)),
+        ("sk".to_owned(), s(sk)),
+        (
+            "expiresAt".to_owned(),
+            AttributeValue::N(expires_at.to_string()),
+        ),
+    ]);
+    if let Some(json) = json {
+        item.insert("data".into(), s(json));
+    }
+    if let Some(packed) = packed {
+        item.insert(PACKED.into(), AttributeValue::B(Blob::new(packed)));
+    }
+    item
+}
+
+fn key(pk: &str, sk: &str) -> Item {
+    Item::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
 /// The connection an item of [`DynamoBankDataStore`] belongs to, by its partition key.
 fn consent_of<'a>(item: &Item, by_pk: &'a BTreeMap<String, ConsentId>) -> Option<&'a ConsentId> {
     match item.get("pk") {
@@ -488,68 +530,89 @@ fn snapshot_expiry(now: DateTime<Utc>) -> i64 {
 
 #[async_trait]
 impl BankDataStore for DynamoBankDataStore {
-    async fn read_meta(
-        &self,
-        user: &UserId,
-        consent: &ConsentId,
-    ) -> Result<SnapshotMeta, StoreError> {
-        let mut meta = SnapshotMeta::default();
-        for item in self.query(&Self::pk(user, consent), "META#", false).await? {
-            meta.absorb(&item)?;
-        }
-        Ok(meta)
-    }
-
-    async fn read_metas(
+    async fn read_snapshots(
         &self,
         user: &UserId,
         consents: &[ConsentId],
-    ) -> Result<BTreeMap<ConsentId, SnapshotMeta>, StoreError> {
-        let mut out: BTreeMap<ConsentId, SnapshotMeta> = consents
+        transactions: bool,
+    ) -> Result<BTreeMap<ConsentId, Snapshot>, StoreError> {
+        let mut out: BTreeMap<ConsentId, Snapshot> = consents
             .iter()
-            .map(|c| (c.clone(), SnapshotMeta::default()))
+            .map(|c| {
+                let snapshot = Snapshot {
+                    meta: SnapshotMeta::default(),
+                    transactions: transactions.then(Vec::new),
+                };
+                (c.clone(), snapshot)
+            })
             .collect();
+        if consents.is_empty() {
+            return Ok(out);
+        }
         let by_pk: BTreeMap<String, ConsentId> = consents
             .iter()
             .map(|c| (Self::pk(user, c), c.clone()))
             .collect();
         let keys: Vec<Item> = by_pk
             .keys()
-            .flat_map(|pk| {
-                META_KEYS.iter().map(move |sk| {
-                    Item::from([("pk".to_owned(), s(pk.clone())), ("sk".to_owned(), s(*sk))])
-                })
-            })
+            .flat_map(|pk| META_KEYS.iter().map(move |sk| key(pk, sk)))
             .collect();
-        for item in self.batch_get(keys).await? {
-            let consent = consent_of(&item, &by_pk);
-            if let Some(meta) = consent.and_then(|c| out.get_mut(c)) {
-                meta.absorb(&item)?;
+        // Without the transactions, their packed copy in the meta is not read.
+        let projection = (!transactions).then_some("pk, sk, #d");
+        let mut listed = Vec::new();
+        let mut unlisted = Vec::new();
+        for item in self.batch_get(keys, projection).await? {
+            let Some(consent) = consent_of(&item, &by_pk) else {
+                continue;
+            };
+            let snapshot = out.get_mut(consent).expect("asked for");
+            snapshot.meta.absorb(&item)?;
+            if !transactions || sort_key(&item) != "META#TRANSACTIONS" {
+                continue;
+            }
+            let pk = Self::pk(user, consent);
+            match (item.get(PACKED), &snapshot.meta.transactions) {
+                (Some(AttributeValue::B(packed)), _) => {
+                    snapshot.transactions = Some(unpack(packed.as_ref())?);
+                }
+                (_, Some(meta)) if !meta.items.is_empty() => {
+                    listed.extend(meta.items.iter().map(|sk| key(&pk, sk)));
+                }
+                _ => unlisted.push((consent.clone(), pk)),
+            }
+        }
+        if !listed.is_empty() {
+            let expected = listed.len();
+            let found = self.batch_get(listed, None).await?;
+            if found.len() != expected {
+                return Err(StoreError::Corrupt(format!(
+                    "{} of {expected} listed transaction parts are missing",
+                    expected - found.len()
+                )));
+            }
+            for item in &found {
+                if let Some(consent) = consent_of(item, &by_pk) {
+                    let mut part = stored_transactions(item)?;
+                    if let Some(list) = &mut out.get_mut(consent).expect("asked for").transactions {
+                        list.append(&mut part);
+                    }
+                }
+            }
+        }
+        let queries = unlisted.iter().map(|(_, pk)| self.query(pk, "TX#", false));
+        for ((consent, _), items) in unlisted
+            .iter()
+            .zip(futures::future::join_all(queries).await)
+        {
+            let list = out
+                .get_mut(consent)
+                .and_then(|s| s.transactions.as_mut())
+                .expect("asked for");
+            for item in items? {
+                list.append(&mut stored_transactions(&item)?);
             }
         }
         Ok(out)
-    }
-
-    async fn read_snapshot(
-        &self,
-        user: &UserId,
-        consent: &ConsentId,
-    ) -> Result<(SnapshotMeta, Vec<StoredTransaction>), StoreError> {
-        // META#… and TX#… sort before USAGE#… (the access counters, not wanted here).
-        let mut meta = SnapshotMeta::default();
-        let mut transactions = Vec::new();
-        for item in self
-            .query(&Self::pk(user, consent), "<USAGE#", false)
-            .await?
-        {
-            if sort_key(&item).starts_with("TX#") {
-                let mut part: Vec<StoredTransaction> = data(&item)?;
-                transactions.append(&mut part);
-            } else {
-                meta.absorb(&item)?;
-            }
-        }
-        Ok((meta, transactions))
     }
 
     async fn put_accounts(
@@ -582,99 +645,76 @@ impl BankDataStore for DynamoBankDataStore {
         .await
     }
 
-    async fn read_transactions(
-        &self,
-        user: &UserId,
-        consent: &ConsentId,
-    ) -> Result<Vec<StoredTransaction>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.query(&Self::pk(user, consent), "TX#", false).await? {
-            let mut part: Vec<StoredTransaction> = data(&item)?;
-            out.append(&mut part);
-        }
-        Ok(out)
-    }
-
     async fn put_transactions(
         &self,
         user: &UserId,
         consent: &ConsentId,
-        accounts: &[AccountTransactions],
-    ) -> Result<Vec<String>, StoreError> {
-        let pk = Self::pk(user, consent);
-        let expires = snapshot_expiry(Utc::now());
-        let mut puts = Vec::new();
-        let mut keys = Vec::new();
-        for (account, booked, pending) in accounts {
-            let parts = chunks(booked)
-                .into_iter()
-                .map(|(suffix, items)| {
-                    (format!("TX#{}#{suffix}", account.as_str()), to_json(&items))
-                })
-                .chain(std::iter::once((
-                    format!("TX#{}#PENDING", account.as_str()),
-                    to_json(pending),
-                )));
-            for (sk, json) in parts {
-                puts.push(self.json_put(&pk, sk.clone(), json?, expires));
-                keys.push(sk);
-            }
-        }
-        self.batch_write(puts).await?;
-        Ok(keys)
-    }
-
-    async fn read_transaction_items(
-        &self,
-        user: &UserId,
-        wanted: &[(ConsentId, Vec<String>)],
-    ) -> Result<BTreeMap<ConsentId, Vec<StoredTransaction>>, StoreError> {
-        let mut out: BTreeMap<ConsentId, Vec<StoredTransaction>> = BTreeMap::new();
-        let mut by_pk: BTreeMap<String, ConsentId> = BTreeMap::new();
-        let mut keys = Vec::new();
-        for (consent, sks) in wanted {
-            let pk = Self::pk(user, consent);
-            out.insert(consent.clone(), Vec::new());
-            keys.extend(sks.iter().map(|sk| {
-                Item::from([
-                    ("pk".to_owned(), s(pk.clone())),
-                    ("sk".to_owned(), s(sk.clone())),
-                ])
-            }));
-            by_pk.insert(pk, consent.clone());
-        }
-        let expected = keys.len();
-        let mut found = 0;
-        for item in self.batch_get(keys).await? {
-            let consent = consent_of(&item, &by_pk);
-            if let Some(list) = consent.and_then(|c| out.get_mut(c)) {
-                let mut part: Vec<StoredTransaction> = data(&item)?;
-                list.append(&mut part);
-                found += 1;
-            }
-        }
-        if found != expected {
-            return Err(StoreError::Corrupt(format!(
-                "{} of {expected} listed transaction items are missing",
-                expected - found
-            )));
-        }
-        Ok(out)
-    }
-
-    async fn put_transactions_meta(
-        &self,
-        user: &UserId,
-        consent: &ConsentId,
-        meta: &TransactionsMeta,
+        fetched_at: DateTime<Utc>,
+        covered_from: NaiveDate,
+        all: &[StoredTransaction],
+        previous: Option<&TransactionsMeta>,
     ) -> Result<(), StoreError> {
-        self.put_data(
-            Self::pk(user, consent),
+        let pk = Self::pk(user, consent);
+        let expires = snapshot_expiry(fetched_at);
+        let mut meta = TransactionsMeta {
+            fetched_at,
+            covered_from,
+            items: Vec::new(),
+        };
+        let packed = pack(all)?;
+        let inline = if packed.len() <= INLINE_LIMIT {
+            Some(packed)
+        } else {
+            // A new generation of parts, written before the meta that lists them.
+            let generation = fetched_at.timestamp_micros();
+            let mut puts = Vec::new();
+            for (n, part) in parts(all)?.into_iter().enumerate() {
+                let sk = format!("TX#{generation}#{n:04}");
+                let item = snapshot_item(pk.clone(), sk.clone(), None, Some(pack(part)?), expires);
+                puts.push(
+                    WriteRequest::builder()
+                        .put_request(
+                            PutRequest::builder()
+                                .set_item(Some(item))
+                                .build()
+                                .expect("the item is set"),
+                        )
+                        .build(),
+                );
+                meta.items.push(sk);
+            }
+            self.batch_write(puts).await?;
+            None
+        };
+        let item = snapshot_item(
+            pk.clone(),
             "META#TRANSACTIONS".into(),
-            meta,
-            snapshot_expiry(meta.fetched_at),
-        )
-        .await
+            Some(to_json(&meta)?),
+            inline,
+            expires,
+        );
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(backend)?;
+        // The previous generation's parts are no longer listed: deleted (else the TTL
+        // drops them).
+        let stale: Vec<(String, String)> = previous
+            .map(|p| p.items.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|sk| !meta.items.contains(sk))
+            .map(|sk| (pk.clone(), sk.clone()))
+            .collect();
+        if !stale.is_empty()
+            && let Err(e) = self.delete_keys(stale).await
+        {
+            warn!(error = %e, "previous transaction parts not deleted; their TTL drops them");
+        }
+        Ok(())
     }
 
     async fn claim_access(
@@ -739,5 +779,82 @@ impl BankDataStore for DynamoBankDataStore {
         let n = keys.len();
         self.delete_keys(keys).await?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bank::TransactionState;
+    use crate::domain::{Currency, Money};
+
+    fn transaction(n: usize, text_len: usize) -> StoredTransaction {
+        let eur = Currency::parse("EUR").unwrap();
+        StoredTransaction {
+            id: format!("tx-{n}"),
+            account_id: AccountId::parse("acc-1").unwrap(),
+            tx: Transaction {
+                transaction_id: Some(format!("tx-{n}")),
+                entry_reference: None,
+                state: TransactionState::Booked,
+                booking_date: NaiveDate::from_ymd_opt(2026, 11, 1 + (n % 28) as u32),
+                value_date: None,
+                amount: Money::parse(&format!("-{}.{:02}", n % 500, n % 100), eur).unwrap(),
+                creditor_name: Some("Rimi Latvia".into()),
+                creditor_iban: None,
+                debtor_name: None,
+                debtor_iban: None,
+                remittance: Some(format!("{n}{}", "0".repeat(text_len))),
+                merchant_category_code: Some("5411".into()),
+                bank_transaction_code: None,
+            },
+        }
+    }
+
+    #[test]
+    fn packed_transactions_unpack_to_the_same_and_are_smaller() {
+        let all: Vec<StoredTransaction> = (0..1_000).map(|n| transaction(n, 40)).collect();
+        let packed = pack(&all).unwrap();
+        assert_eq!(unpack(&packed).unwrap(), all);
+        let json = serde_json::to_vec(&all).unwrap().len();
+        assert!(packed.len() * 3 < json, "{} of {json} bytes", packed.len());
+        assert_eq!(unpack(&pack(&[]).unwrap()).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn damaged_packed_bytes_are_an_error_not_a_panic() {
+        let packed = pack(&[transaction(1, 10)]).unwrap();
+        for bad in [
+            &b""[..],
+            &b"\x01\x00"[..],
+            &packed[..packed.len() - 3],
+            &b"\xff\xff\xff\x7fabc"[..],
+        ] {
+            assert!(
+                matches!(unpack(bad), Err(StoreError::Corrupt(_))),
+                "{bad:?}"
+            );
+        }
+        let mut flipped = packed.clone();
+        flipped[0] ^= 0x40;
+        assert!(unpack(&flipped).is_err());
+    }
+
+    #[test]
+    fn parts_stay_under_the_limit_and_keep_every_transaction_in_order() {
+        let all: Vec<StoredTransaction> = (0..3_000).map(|n| transaction(n, 300)).collect();
+        let split = parts(&all).unwrap();
+        assert!(split.len() >= 3, "{}", split.len());
+        for part in &split {
+            let json = serde_json::to_vec(part).unwrap().len();
+            assert!(json <= PART_JSON_LIMIT, "{json}");
+            assert!(pack(part).unwrap().len() < 400 * 1024);
+        }
+        let joined: Vec<StoredTransaction> = split.concat();
+        assert_eq!(joined, all);
+        assert!(parts(&[]).unwrap().is_empty());
+        // One transaction larger than a part is a part of its own.
+        let huge = [transaction(1, PART_JSON_LIMIT), transaction(2, 10)];
+        assert_eq!(parts(&huge).unwrap().len(), 2);
     }
 }

@@ -21,8 +21,8 @@ use crate::domain::{
 };
 
 pub use bank_data::{
-    AccessKind, AccountTransactions, AccountsSnapshot, BalancesSnapshot, BankDataStore,
-    DynamoBankDataStore, SnapshotMeta, StoredTransaction, TransactionsMeta,
+    AccessKind, AccountsSnapshot, BalancesSnapshot, BankDataStore, DynamoBankDataStore, Snapshot,
+    SnapshotMeta, StoredTransaction, TransactionsMeta,
 };
 pub use dynamo::{
     DynamoConsentOutbox, DynamoConsentStore, DynamoIdempotencyStore, DynamoNonceStore,
