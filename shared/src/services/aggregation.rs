@@ -801,9 +801,20 @@ impl Aggregation {
                 meta.transactions.as_ref().map(|t| t.fetched_at),
             ),
         ];
+        let Some(connector) = self.deps.banks.get(&consent.bank_id).cloned() else {
+            errors.push(error(
+                "BANK_UNKNOWN",
+                "This bank is no longer configured.".into(),
+                None,
+            ));
+            return (None, errors);
+        };
         let mut fetch = HashSet::new();
-        let mut budget_spent = false;
-        let mut to_claim = Vec::new();
+        // Kinds to claim from the budget: the account list and balances before round trip
+        // 1 (the balances may come with the list); the transactions, read in round trip 2,
+        // while round trip 1 runs.
+        let mut claim_first = Vec::new();
+        let mut claim_later = Vec::new();
         for (kind, needed, fetched_at) in wanted {
             if !needed {
                 continue;
@@ -815,27 +826,50 @@ impl Aggregation {
             // The accounts list is only re-read when it is missing or stale *and* the
             // budget allows; a stale list still serves to read balances.
             if !fetched_at.is_some_and(is_fresh) {
-                to_claim.push(kind);
-            }
-        }
-        // One budget counter per kind: the claims are independent, so they go together.
-        let claims = to_claim.iter().map(|&kind| {
-            self.deps
-                .data
-                .claim_access(&user, &id, kind, today, consent.frequency_per_day)
-        });
-        for (kind, claimed) in to_claim.iter().zip(futures::future::join_all(claims).await) {
-            match claimed {
-                Ok(true) => {
-                    fetch.insert(*kind);
-                }
-                Ok(false) => budget_spent = true,
-                Err(e) => {
-                    warn!(consent_id = %id, error = %e, "access counter unavailable; not calling the bank");
-                    budget_spent = true;
+                if kind == AccessKind::Transactions {
+                    claim_later.push(kind);
+                } else {
+                    claim_first.push(kind);
                 }
             }
         }
+        let mut budget_spent = self.claim(&consent, &claim_first, today, &mut fetch).await;
+        let bank_consent = consent
+            .bank_consent_id
+            .clone()
+            .expect("valid connections have a bank consent");
+        let psu_context = psu.map_or_else(PsuContext::absent, PsuContext::present);
+
+        // Round trip 1: the account list (fresh or stored). With the balances wanted too,
+        // the bank may send them along with the list (the `withBalance` quirk): those
+        // accounts skip their balances call.
+        let list_accounts = fetch.contains(&AccessKind::Accounts);
+        let with_balances = fetch.contains(&AccessKind::Balances);
+        let round_trip_1 = async {
+            if !list_accounts {
+                None
+            } else if with_balances {
+                Some(
+                    connector
+                        .accounts_with_balances(&bank_consent, &psu_context)
+                        .await,
+                )
+            } else {
+                Some(
+                    connector
+                        .accounts(&bank_consent, &psu_context)
+                        .await
+                        .map(|list| list.into_iter().map(|a| (a, None)).collect()),
+                )
+            }
+        };
+        let mut claimed_later = HashSet::new();
+        let (listed, spent_later) = tokio::join!(
+            round_trip_1,
+            self.claim(&consent, &claim_later, today, &mut claimed_later)
+        );
+        fetch.extend(claimed_later);
+        budget_spent |= spent_later;
         if budget_spent {
             let next_day = (today + Days::new(1))
                 .and_hms_opt(0, 0, 0)
@@ -851,71 +885,42 @@ impl Aggregation {
                 Some(u64::try_from((next_day - now).num_seconds()).unwrap_or(0)),
             ));
         }
-
-        let Some(connector) = self.deps.banks.get(&consent.bank_id).cloned() else {
-            errors.push(error(
-                "BANK_UNKNOWN",
-                "This bank is no longer configured.".into(),
-                None,
-            ));
-            return (None, errors);
-        };
-        let bank_consent = consent
-            .bank_consent_id
-            .clone()
-            .expect("valid connections have a bank consent");
-        let psu_context = psu.map_or_else(PsuContext::absent, PsuContext::present);
-
-        // Round trip 1: the account list (fresh or stored).
         let mut from_snapshot = true;
         let mut accounts_write = None;
         let mut fetched_times = Vec::new();
-        // With the balances wanted too, the bank may send them along with the list
-        // (the `withBalance` quirk): those accounts skip their balances call.
         let mut listed_balances: BTreeMap<String, Vec<Balance>> = BTreeMap::new();
-        let accounts = if fetch.contains(&AccessKind::Accounts) {
-            let listed = if fetch.contains(&AccessKind::Balances) {
-                connector
-                    .accounts_with_balances(&bank_consent, &psu_context)
-                    .await
-                    .map(|list| {
-                        list.into_iter()
-                            .map(|(account, balances)| {
-                                if let Some(b) = balances {
-                                    listed_balances.insert(account.id.as_str().to_owned(), b);
-                                }
-                                account
-                            })
-                            .collect()
+        let accounts = match listed {
+            Some(Ok(list)) => {
+                from_snapshot = false;
+                fetched_times.push(now);
+                let accounts: Vec<Account> = list
+                    .into_iter()
+                    .map(|(account, balances)| {
+                        if let Some(b) = balances {
+                            listed_balances.insert(account.id.as_str().to_owned(), b);
+                        }
+                        account
                     })
-            } else {
-                connector.accounts(&bank_consent, &psu_context).await
-            };
-            match listed {
-                Ok(accounts) => {
-                    from_snapshot = false;
-                    fetched_times.push(now);
-                    // Stored while round trip 2 runs.
-                    accounts_write = Some(AccountsSnapshot {
-                        accounts: accounts.clone(),
-                        fetched_at: now,
-                    });
-                    Some(accounts)
-                }
-                Err(e) => {
-                    errors.push(self.bank_error(&consent, None, &e).await);
-                    fetch.clear();
-                    meta.accounts.as_ref().map(|a| {
-                        fetched_times.push(a.fetched_at);
-                        a.accounts.clone()
-                    })
-                }
+                    .collect();
+                // Stored while round trip 2 runs.
+                accounts_write = Some(AccountsSnapshot {
+                    accounts: accounts.clone(),
+                    fetched_at: now,
+                });
+                Some(accounts)
             }
-        } else {
-            meta.accounts.as_ref().map(|a| {
+            Some(Err(e)) => {
+                errors.push(self.bank_error(&consent, None, &e).await);
+                fetch.clear();
+                meta.accounts.as_ref().map(|a| {
+                    fetched_times.push(a.fetched_at);
+                    a.accounts.clone()
+                })
+            }
+            None => meta.accounts.as_ref().map(|a| {
                 fetched_times.push(a.fetched_at);
                 a.accounts.clone()
-            })
+            }),
         };
         let Some(accounts) = accounts else {
             if errors.is_empty() {
@@ -1087,6 +1092,42 @@ impl Aggregation {
             }),
             errors,
         )
+    }
+
+    /// Takes one read of each of `kinds` from the connection's budget for `today` (the
+    /// counters are independent, so the claims go together); the kinds granted go into
+    /// `granted`. Answers whether any was refused (or its counter unavailable).
+    async fn claim(
+        &self,
+        consent: &ConsentRecord,
+        kinds: &[AccessKind],
+        today: NaiveDate,
+        granted: &mut HashSet<AccessKind>,
+    ) -> bool {
+        let claims = kinds.iter().map(|&kind| {
+            self.deps.data.claim_access(
+                &consent.user_id,
+                &consent.consent_id,
+                kind,
+                today,
+                consent.frequency_per_day,
+            )
+        });
+        let mut refused = false;
+        for (kind, claimed) in kinds.iter().zip(futures::future::join_all(claims).await) {
+            match claimed {
+                Ok(true) => {
+                    granted.insert(*kind);
+                }
+                Ok(false) => refused = true,
+                Err(e) => {
+                    warn!(consent_id = %consent.consent_id, error = %e,
+                        "access counter unavailable; not calling the bank");
+                    refused = true;
+                }
+            }
+        }
+        refused
     }
 
     fn source(
