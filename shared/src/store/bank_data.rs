@@ -105,7 +105,7 @@ pub struct Snapshot {
     pub transactions: Option<Vec<StoredTransaction>>,
 }
 
-/// The sort keys of [`SnapshotMeta`]'s items.
+/// The sort keys of [`SnapshotMeta`]'s items (the transactions' last).
 const META_KEYS: [&str; 3] = ["META#ACCOUNTS", "META#BALANCES", "META#TRANSACTIONS"];
 /// The packed transactions' attribute (module docs).
 const PACKED: &str = "txz";
@@ -147,8 +147,8 @@ impl AccessKind {
 /// Snapshots and access counters (module docs).
 #[async_trait]
 pub trait BankDataStore: Send + Sync {
-    /// The snapshots of several connections of one user, with their stored transactions
-    /// when `transactions` is set, in as few requests as the store allows (the DynamoDB
+    /// The snapshots of several connections of one user; with `transactions`, also what
+    /// the transactions cover and the stored transactions (else neither is read), in as few requests as the store allows (the DynamoDB
     /// adapter: one BatchGetItem of the metas, which hold the transactions unless they are
     /// large; then one of the parts large ones list). Connections without a snapshot map
     /// to an empty one.
@@ -371,25 +371,14 @@ impl DynamoBankDataStore {
 
     /// BatchGetItem (consistent) of `keys`, 100 a request; unprocessed keys are asked
     /// again (with a short pause) until none is left. Missing items are simply absent.
-    /// With `projection`, only those attributes are read (`#d` stands for `data`).
-    async fn batch_get(
-        &self,
-        keys: Vec<Item>,
-        projection: Option<&str>,
-    ) -> Result<Vec<Item>, StoreError> {
+    async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
         let mut found = Vec::new();
         for batch in keys.chunks(100) {
             let mut pending = batch.to_vec();
             for attempt in 0..8u32 {
-                let mut request = KeysAndAttributes::builder()
+                let request = KeysAndAttributes::builder()
                     .set_keys(Some(pending))
-                    .consistent_read(true);
-                if let Some(projection) = projection {
-                    request = request
-                        .projection_expression(projection)
-                        .expression_attribute_names("#d", "data");
-                }
-                let request = request
+                    .consistent_read(true)
                     .build()
                     .map_err(|e| StoreError::Backend(e.to_string()))?;
                 let answer = self
@@ -553,15 +542,19 @@ impl BankDataStore for DynamoBankDataStore {
             .iter()
             .map(|c| (Self::pk(user, c), c.clone()))
             .collect();
+        // Without the transactions, their meta (and the packed set in it) is not read.
+        let metas = if transactions {
+            &META_KEYS[..]
+        } else {
+            &META_KEYS[..2]
+        };
         let keys: Vec<Item> = by_pk
             .keys()
-            .flat_map(|pk| META_KEYS.iter().map(move |sk| key(pk, sk)))
+            .flat_map(|pk| metas.iter().map(move |sk| key(pk, sk)))
             .collect();
-        // Without the transactions, their packed copy in the meta is not read.
-        let projection = (!transactions).then_some("pk, sk, #d");
         let mut listed = Vec::new();
         let mut unlisted = Vec::new();
-        for item in self.batch_get(keys, projection).await? {
+        for item in self.batch_get(keys).await? {
             let Some(consent) = consent_of(&item, &by_pk) else {
                 continue;
             };
@@ -583,7 +576,7 @@ impl BankDataStore for DynamoBankDataStore {
         }
         if !listed.is_empty() {
             let expected = listed.len();
-            let found = self.batch_get(listed, None).await?;
+            let found = self.batch_get(listed).await?;
             if found.len() != expected {
                 return Err(StoreError::Corrupt(format!(
                     "{} of {expected} listed transaction parts are missing",
