@@ -466,3 +466,70 @@ async fn twenty_reads_stay_within_the_banks_daily_access_limit() {
     assert!(fresh["errors"].as_array().unwrap().is_empty(), "{fresh}");
     w.stop().await;
 }
+
+/// A refresh in which one account's transactions fail at the bank: that account's stored
+/// transactions are still shown, and still stored afterwards, while the others refresh.
+#[tokio::test]
+async fn a_failing_account_keeps_its_stored_transactions_while_the_others_refresh() {
+    let w = Bundle::start(SECRET, &[]).await;
+    linked(&w, "dave", "lt-alpha").await;
+    let from = (chrono::Utc::now().date_naive() - chrono::Days::new(30)).to_string();
+    let path = format!("/v1/transactions?dateFrom={from}&limit=500");
+    let per_account = |page: &Value| {
+        let mut counts: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+        for t in page["transactions"].as_array().unwrap() {
+            counts
+                .entry(t["accountId"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(t["transactionId"].as_str().unwrap().to_owned());
+        }
+        counts
+    };
+
+    let (status, first) = w.call("dave", Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{first}");
+    assert!(first["errors"].as_array().unwrap().is_empty(), "{first}");
+    assert!(
+        first["nextCursor"].is_null(),
+        "one page holds them: {first}"
+    );
+    let before = per_account(&first);
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert!(before.values().all(|ids| !ids.is_empty()), "{before:?}");
+
+    // One account's transactions fail at the bank while the user refreshes.
+    let victim = before.keys().next().unwrap().clone();
+    let resource = victim.split_once(':').unwrap().1.to_owned();
+    w.sandbox
+        .set_faults(json!({
+            "bank": "lt-alpha",
+            "errorRate": 1.0,
+            "pathContains": format!("/accounts/{resource}/transactions"),
+        }))
+        .await;
+    let (status, refreshed) = w
+        .call("dave", Method::GET, &format!("{path}&refresh=true"), None)
+        .await;
+    assert_eq!(status, 200, "{refreshed}");
+    let errors = refreshed["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{refreshed}");
+    assert_eq!(errors[0]["accountId"], victim.as_str(), "{refreshed}");
+    assert_eq!(
+        refreshed["sources"][0]["fromSnapshot"], false,
+        "{refreshed}"
+    );
+    assert_eq!(
+        per_account(&refreshed),
+        before,
+        "the victim's stored ones are shown"
+    );
+    w.sandbox.clear_faults().await;
+
+    // From the snapshot written by that refresh: the victim's transactions were kept in it.
+    let (status, later) = w.call("dave", Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{later}");
+    assert!(later["errors"].as_array().unwrap().is_empty(), "{later}");
+    assert_eq!(later["sources"][0]["fromSnapshot"], true, "{later}");
+    assert_eq!(per_account(&later), before);
+    w.stop().await;
+}

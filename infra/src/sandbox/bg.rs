@@ -126,7 +126,7 @@ pub(crate) async fn layer(State(state): State<SandboxState>, req: Request, next:
         )
         .into_response()
     } else {
-        let faults = state.store().draw_faults(&bank_id);
+        let faults = state.store().draw_faults(&bank_id, &path);
         hang = faults.hang;
         if !faults.latency.is_zero() {
             tokio::time::sleep(faults.latency).await;

@@ -260,6 +260,10 @@ pub struct FaultConfig {
     pub hang_ms: u64,
     /// 500 (INTERNAL_SERVER_ERROR, default) or 503 (SERVICE_UNAVAILABLE) for injected errors.
     pub error_status: u16,
+    /// Only requests whose path contains this (e.g. one account's `/transactions`) are
+    /// faulted; the others pass untouched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_contains: Option<String>,
 }
 
 impl Default for FaultConfig {
@@ -273,6 +277,7 @@ impl Default for FaultConfig {
             hang_rate: 0.0,
             hang_ms: 30_000,
             error_status: 500,
+            path_contains: None,
         }
     }
 }
@@ -351,13 +356,14 @@ impl Store {
         }
     }
 
-    /// Draws the faults for one request to `bank` with the seeded RNG.
-    pub fn draw_faults(&mut self, bank: &str) -> FaultDecision {
+    /// Draws the faults for one request to `path` at `bank` with the seeded RNG.
+    pub fn draw_faults(&mut self, bank: &str, path: &str) -> FaultDecision {
         let Some(cfg) = self
             .faults
             .per_bank
             .get(bank)
             .or(self.faults.global.as_ref())
+            .filter(|cfg| cfg.path_contains.as_ref().is_none_or(|p| path.contains(p)))
             .cloned()
         else {
             return FaultDecision::default();
@@ -450,7 +456,7 @@ mod tests {
             ..FaultConfig::default()
         });
         for _ in 0..100 {
-            let d = store.draw_faults("lt-alpha");
+            let d = store.draw_faults("lt-alpha", "/lt-alpha/v1/accounts");
             assert_eq!(d.error_status, Some(500));
             assert_eq!(d.rate_limit_retry_after, Some(1));
             assert!(d.hang.is_none());
@@ -459,8 +465,28 @@ mod tests {
             bank: Some("lv-baltija".into()),
             ..FaultConfig::default()
         });
-        assert!(store.draw_faults("lv-baltija").error_status.is_none());
-        assert!(store.draw_faults("lt-alpha").error_status.is_some());
+        assert!(
+            store
+                .draw_faults("lv-baltija", "/lv-baltija/v1/accounts")
+                .error_status
+                .is_none()
+        );
+        assert!(
+            store
+                .draw_faults("lt-alpha", "/lt-alpha/v1/accounts")
+                .error_status
+                .is_some()
+        );
+        // A fault for one path leaves the others alone.
+        store.set_faults(FaultConfig {
+            error_rate: 1.0,
+            path_contains: Some("/accounts/a1/transactions".into()),
+            ..FaultConfig::default()
+        });
+        let path = "/lt-alpha/v1/accounts/a1/transactions";
+        assert_eq!(store.draw_faults("lt-alpha", path).error_status, Some(500));
+        let other = "/lt-alpha/v1/accounts/a2/transactions";
+        assert!(store.draw_faults("lt-alpha", other).error_status.is_none());
     }
 
     #[test]
