@@ -567,7 +567,7 @@ async fn bank_data_snapshots_read_together_equal_what_was_written() {
     use shared::domain::AccountId;
     use shared::store::{
         AccessKind, AccountsSnapshot, BalancesSnapshot, BankDataStore, DynamoBankDataStore,
-        Snapshot, StoredTransaction,
+        Snapshot, StoredTransaction, TransactionsMeta,
     };
     use std::collections::BTreeMap;
 
@@ -827,18 +827,17 @@ async fn bank_data_snapshots_read_together_equal_what_was_written() {
     let replacement: Vec<StoredTransaction> = (0..5_000)
         .map(|i| stored(i, &account(10).id, true))
         .collect();
-    store
-        .put_transactions(
-            &alice,
-            &large,
-            later,
-            covered_from,
-            &replacement,
-            Some(&large_meta),
-        )
-        .await
-        .unwrap();
-    let again = store.read_snapshot(&alice, &large, true).await.unwrap();
+    let replace = |set: Vec<StoredTransaction>, previous: TransactionsMeta| {
+        let (store, alice, large) = (&store, &alice, &large);
+        async move {
+            store
+                .put_transactions(alice, large, later, covered_from, &set, Some(&previous))
+                .await
+                .unwrap();
+            store.read_snapshot(alice, large, true).await.unwrap()
+        }
+    };
+    let again = replace(replacement.clone(), large_meta.clone()).await;
     let again_meta = again.meta.transactions.clone().unwrap();
     assert!(
         again_meta
@@ -853,18 +852,7 @@ async fn bank_data_snapshots_read_together_equal_what_was_written() {
         "the old generation is deleted: {keys:?}"
     );
     let small: Vec<StoredTransaction> = (0..3).map(|i| stored(i, &account(10).id, false)).collect();
-    store
-        .put_transactions(
-            &alice,
-            &large,
-            later,
-            covered_from,
-            &small,
-            Some(&again_meta),
-        )
-        .await
-        .unwrap();
-    let now_small = store.read_snapshot(&alice, &large, true).await.unwrap();
+    let now_small = replace(small.clone(), again_meta).await;
     assert!(now_small.meta.transactions.unwrap().items.is_empty());
     assert_eq!(sorted(now_small.transactions.unwrap()), sorted(small));
     assert!(

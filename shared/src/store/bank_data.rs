@@ -16,8 +16,8 @@
 //! in parts of at most [`PART_JSON_LIMIT`] bytes of JSON under a new generation that the
 //! meta then lists (the parts first, the meta last, then the previous generation's parts
 //! are deleted; a crash in between leaves the old meta and its parts whole). Items written
-//! before packing (`TX#{accountId}#{YYYY-MM}#{part}` with JSON in `data`, not listed by
-//! their meta) are still read, by a Query of the partition.
+//! before packing (`TX#{accountId}#{YYYY-MM}#{part}`, JSON in `data`) are still read: by key
+//! when their meta lists them, else by a Query of the partition.
 
 use std::collections::BTreeMap;
 
