@@ -3,7 +3,7 @@
 //!
 //! One partition per connection: `pk = DATA#{userId}#{consentId}`. Sort keys:
 //! `META#ACCOUNTS`, `META#BALANCES`, `META#TRANSACTIONS` (what was fetched and when, as a
-//! compact JSON string in `data`), `TX#{generation}#{part}` (transactions, when a
+//! compact JSON string in `data`), `PART#{generation}#{n}` (transactions, when a
 //! connection's do not fit in its meta) and `USAGE#{YYYY-MM-DD}#{kind}` (atomic counters of
 //! reads without the PSU). Everything carries `expiresAt` (TTL): snapshots a month after
 //! their last refresh, counters two days. A revoked connection's partition is deleted
@@ -658,11 +658,12 @@ impl BankDataStore for DynamoBankDataStore {
         let inline = if packed.len() <= INLINE_LIMIT {
             Some(packed)
         } else {
-            // A new generation of parts, written before the meta that lists them.
+            // A new generation of parts, written before the meta that lists them (under
+            // `PART#`: a Query of a partition from before packing, `TX#`, never sees them).
             let generation = fetched_at.timestamp_micros();
             let mut puts = Vec::new();
             for (n, part) in parts(all)?.into_iter().enumerate() {
-                let sk = format!("TX#{generation}#{n:04}");
+                let sk = format!("PART#{generation}#{n:04}");
                 let item = snapshot_item(pk.clone(), sk.clone(), None, Some(pack(part)?), expires);
                 puts.push(
                     WriteRequest::builder()
