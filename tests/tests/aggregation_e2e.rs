@@ -356,29 +356,48 @@ async fn three_banks_aggregated_correct_to_the_cent_with_failures_isolated() {
             .all(|a| a["connectionId"] == bobs.as_str())
     );
 
-    // Revoking a connection purges its cached data.
+    // Revoking a connection purges its cached data: its metas beside its consent and its
+    // partition of the bank data table (the access counters).
     let dynamodb = w.rt.local.dynamodb();
-    let table = w.rt.local.resources.table("BankDataTable").to_owned();
+    let data_table = w.rt.local.resources.table("BankDataTable").to_owned();
+    let consents_table = w.rt.local.resources.table("ConsentsTable").to_owned();
     let items = |consent: String| {
         let dynamodb = dynamodb.clone();
-        let table = table.clone();
+        let (data_table, consents_table) = (data_table.clone(), consents_table.clone());
         async move {
-            dynamodb
+            use aws_sdk_dynamodb::types::AttributeValue::S;
+            let data = dynamodb
                 .query()
-                .table_name(table)
+                .table_name(data_table)
                 .key_condition_expression("pk = :pk")
-                .expression_attribute_values(
-                    ":pk",
-                    aws_sdk_dynamodb::types::AttributeValue::S(format!("DATA#alice#{consent}")),
-                )
+                .expression_attribute_values(":pk", S(format!("DATA#alice#{consent}")))
                 .send()
                 .await
                 .unwrap()
-                .count
+                .count;
+            let metas = dynamodb
+                .query()
+                .table_name(consents_table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :data)")
+                .expression_attribute_values(":pk", S("USER#alice".into()))
+                .expression_attribute_values(":data", S("DATA#".into()))
+                .send()
+                .await
+                .unwrap()
+                .items
+                .unwrap_or_default()
+                .iter()
+                .filter(|item| item["sk"].as_s().unwrap().ends_with(&consent))
+                .count();
+            (data, metas)
         }
     };
     let alpha = connections["lt-alpha"].clone();
-    assert!(items(alpha.clone()).await > 3, "a snapshot exists");
+    let (counters, metas) = items(alpha.clone()).await;
+    assert!(
+        counters >= 3 && metas == 3,
+        "a snapshot exists: {counters} {metas}"
+    );
     let (status, _) = w
         .call(
             "alice",
@@ -390,7 +409,7 @@ async fn three_banks_aggregated_correct_to_the_cent_with_failures_isolated() {
     assert_eq!(status, 204);
     assert_eq!(
         items(alpha).await,
-        0,
+        (0, 0),
         "the revoked connection's cached data is gone"
     );
     let (_, after) = w.call("alice", Method::GET, "/v1/accounts", None).await;

@@ -573,8 +573,10 @@ async fn bank_data_snapshots_read_together_equal_what_was_written() {
 
     let local = LocalStack::provision().await;
     let table = local.resources.table("BankDataTable").to_owned();
+    let consents_table = local.resources.table("ConsentsTable").to_owned();
     let dynamodb = local.dynamodb();
-    let store = DynamoBankDataStore::new(dynamodb.clone(), table.clone());
+    let store = DynamoBankDataStore::new(dynamodb.clone(), table.clone(), consents_table.clone());
+    let consent_store = DynamoConsentStore::new(dynamodb.clone(), consents_table.clone());
     let alice = UserId::parse("alice").unwrap();
     let bob = UserId::parse("bob").unwrap();
     let eur = Currency::parse("EUR").unwrap();
@@ -643,7 +645,11 @@ async fn bank_data_snapshots_read_together_equal_what_was_written() {
     let mut consents = Vec::new();
     let mut written: BTreeMap<ConsentId, Vec<StoredTransaction>> = BTreeMap::new();
     for n in 0..40 {
-        let consent = ConsentId::new();
+        let mut record = consent(&alice, "lt-alpha", today + Days::new(90));
+        record.state = ConsentState::Valid;
+        record.bank_consent_id = Some(BankConsentId::parse(&format!("bank-{n}")).unwrap());
+        consent_store.insert(&record).await.unwrap();
+        let consent = record.consent_id;
         let acc = account(n);
         store
             .put_accounts(
@@ -699,9 +705,30 @@ async fn bank_data_snapshots_read_together_equal_what_was_written() {
         }
         consents.push(consent);
     }
-    // A connection stored before packing: JSON items by account and month, a meta
-    // without a list.
+    let meta_key = |letter: &str, consent: &ConsentId| {
+        (
+            AttributeValue::S("USER#alice".into()),
+            AttributeValue::S(format!("DATA#{letter}#{}", consent.as_str())),
+        )
+    };
+    let delete_meta = |letter: &'static str, consent: ConsentId| {
+        let (dynamodb, consents_table) = (dynamodb.clone(), consents_table.clone());
+        let (pk, sk) = meta_key(letter, &consent);
+        async move {
+            dynamodb
+                .delete_item()
+                .table_name(consents_table)
+                .key("pk", pk)
+                .key("sk", sk)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    // A connection stored before packing, by an earlier release: JSON items by account and
+    // month, a meta without a list, in the bank data table (none beside the consent).
     let legacy = consents[35].clone();
+    delete_meta("T", legacy.clone()).await;
     let legacy_pk = format!("DATA#alice#{}", legacy.as_str());
     let legacy_tx: Vec<StoredTransaction> =
         (0..3).map(|i| stored(i, &account(35).id, false)).collect();
@@ -746,6 +773,47 @@ async fn bank_data_snapshots_read_together_equal_what_was_written() {
         .await
         .unwrap();
     written.insert(legacy.clone(), legacy_tx);
+    // A connection whose account list an earlier release stored (in the bank data table)
+    // and whose balances both places hold: the list is found there, the balances beside
+    // the consent win.
+    let moved = consents[36].clone();
+    delete_meta("A", moved.clone()).await;
+    let old_balance = Balance {
+        balance_type: BalanceType::ClosingBooked,
+        amount: Money::parse("1.00", eur).unwrap(),
+        reference_date: Some(today),
+    };
+    for (sk, data) in [
+        (
+            "META#ACCOUNTS",
+            serde_json::to_string(&AccountsSnapshot {
+                accounts: vec![account(36)],
+                fetched_at: now,
+            })
+            .unwrap(),
+        ),
+        (
+            "META#BALANCES",
+            serde_json::to_string(&BalancesSnapshot {
+                balances: BTreeMap::from([("acc-36".to_owned(), vec![old_balance])]),
+                fetched_at: now,
+            })
+            .unwrap(),
+        ),
+    ] {
+        dynamodb
+            .put_item()
+            .table_name(&table)
+            .item(
+                "pk",
+                AttributeValue::S(format!("DATA#alice#{}", moved.as_str())),
+            )
+            .item("sk", AttributeValue::S(sk.into()))
+            .item("data", AttributeValue::S(data))
+            .send()
+            .await
+            .unwrap();
+    }
     // Bob's connection with the same id as one of alice's: never read for alice.
     store
         .put_accounts(
@@ -790,6 +858,40 @@ async fn bank_data_snapshots_read_together_equal_what_was_written() {
         );
     }
     assert_eq!(with_tx[&nothing].meta, Default::default());
+    assert_eq!(
+        with_tx[&moved].meta.accounts.as_ref().unwrap().accounts,
+        vec![account(36)],
+        "an account list stored by an earlier release is read"
+    );
+    assert_eq!(
+        with_tx[&moved].meta.balances.as_ref().unwrap().balances["acc-36"][0].amount,
+        Money::parse("36.50", eur).unwrap(),
+        "the balances beside the consent win over the earlier release's"
+    );
+
+    // The user's consents and snapshots in one read: the same snapshots, and a pending
+    // consent without data among the consents; the metas never pass for consents.
+    let pending = consent(&alice, "lv-baltija", today + Days::new(90));
+    consent_store.insert(&pending).await.unwrap();
+    for (transactions, expected) in [(true, &with_tx), (false, &metas_only)] {
+        let read = store.read_user(&alice, transactions).await.unwrap();
+        let mut ids: Vec<ConsentId> = read.consents.iter().map(|c| c.consent_id.clone()).collect();
+        ids.sort();
+        let mut all = consents.clone();
+        all.push(pending.consent_id.clone());
+        all.sort();
+        assert_eq!(ids, all);
+        for consent in &consents {
+            assert_eq!(read.snapshots[consent], expected[consent], "{consent:?}");
+        }
+        assert!(!read.snapshots.contains_key(&pending.consent_id));
+    }
+    assert_eq!(consent_store.list_for_user(&alice).await.unwrap().len(), 41);
+    let bobs = store.read_user(&bob, true).await.unwrap();
+    assert!(
+        bobs.consents.is_empty() && bobs.snapshots.is_empty(),
+        "bob's metas without his consent are not read: {bobs:?}"
+    );
     assert_eq!(
         with_tx[&consents[3]]
             .meta

@@ -635,27 +635,38 @@ impl Aggregation {
         need: Need,
         psu: Option<IpAddr>,
     ) -> Result<(Vec<Loaded>, Vec<ErrorItem>), ServiceError> {
-        let consents: Vec<ConsentRecord> = self
-            .deps
-            .consents
-            .list_for_user(user)
-            .await?
-            .into_iter()
-            .filter(|c| c.state == ConsentState::Valid && c.bank_consent_id.is_some())
-            .collect();
-        // The snapshots of every connection together: one read of the metas, which hold
-        // the transactions unless a connection's are large. A connection whose snapshot
-        // could not be read this way reads it itself in `load`.
-        let ids: Vec<ConsentId> = consents.iter().map(|c| c.consent_id.clone()).collect();
-        let mut snapshots = self
+        // The connections and their snapshots in one read (the metas hold the transactions
+        // unless a connection's are large). Should that read fail, the connections are
+        // listed alone and the snapshots read apart; a connection whose snapshot could not
+        // be read either way reads it itself in `load`.
+        let valid = |all: Vec<ConsentRecord>| -> Vec<ConsentRecord> {
+            all.into_iter()
+                .filter(|c| c.state == ConsentState::Valid && c.bank_consent_id.is_some())
+                .collect()
+        };
+        let (consents, mut snapshots) = match self
             .deps
             .data
-            .read_snapshots(user, &ids, need.transactions)
+            .read_user(user, need.transactions)
             .await
-            .unwrap_or_else(|e| {
-                warn!(error = %e, "snapshots unreadable together; reading them one by one");
-                BTreeMap::new()
-            });
+        {
+            Ok(read) => (valid(read.consents), read.snapshots),
+            Err(e) => {
+                warn!(error = %e, "connections and snapshots unreadable together; reading them apart");
+                let consents = valid(self.deps.consents.list_for_user(user).await?);
+                let ids: Vec<ConsentId> = consents.iter().map(|c| c.consent_id.clone()).collect();
+                let snapshots = self
+                    .deps
+                    .data
+                    .read_snapshots(user, &ids, need.transactions)
+                    .await
+                    .unwrap_or_else(|e| {
+                        warn!(error = %e, "snapshots unreadable together; reading them one by one");
+                        BTreeMap::new()
+                    });
+                (consents, snapshots)
+            }
+        };
         let loads = consents.into_iter().map(|consent| {
             let snapshot = snapshots.remove(&consent.consent_id);
             self.load_bounded(consent, need, psu, snapshot)
@@ -1539,14 +1550,16 @@ pub async fn aggregation_from_env(sdk: &aws_config::SdkConfig) -> Result<Aggrega
     let registry = BankRegistry::from_env().map_err(|e| e.to_string())?;
     let banks = registry.connectors().map_err(|e| e.to_string())?;
     let connections = super::connections::connections_from_env(sdk).await?;
+    let consents_table = var("CONSENTS_TABLE")?;
     Ok(Aggregation::new(AggregationDeps {
         consents: Arc::new(crate::store::DynamoConsentStore::new(
             dynamodb.clone(),
-            var("CONSENTS_TABLE")?,
+            consents_table.clone(),
         )),
         data: Arc::new(crate::store::DynamoBankDataStore::new(
             dynamodb,
             var("BANK_DATA_TABLE")?,
+            consents_table,
         )),
         banks,
         registry,

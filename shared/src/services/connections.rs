@@ -1821,7 +1821,7 @@ pub async fn connections_from_env(sdk: &aws_config::SdkConfig) -> Result<Connect
         )),
         outbox: Arc::new(crate::store::DynamoConsentOutbox::new(
             dynamodb.clone(),
-            consents_table,
+            consents_table.clone(),
             notifications_table.clone(),
         )),
         notifications: Arc::new(crate::store::DynamoNotificationStore::new(
@@ -1832,8 +1832,11 @@ pub async fn connections_from_env(sdk: &aws_config::SdkConfig) -> Result<Connect
             .ok()
             .filter(|t| !t.is_empty())
             .map(|table| {
-                Arc::new(crate::store::DynamoBankDataStore::new(dynamodb, table))
-                    as Arc<dyn BankDataStore>
+                Arc::new(crate::store::DynamoBankDataStore::new(
+                    dynamodb,
+                    table,
+                    consents_table,
+                )) as Arc<dyn BankDataStore>
             }),
         webhooks: std::env::var(crate::webhook::QUEUE_URL_ENV)
             .ok()

@@ -1,23 +1,34 @@
 //! Cached bank data (snapshots of accounts, balances and transactions per connection) and
-//! the daily counters of background accesses, in the bank data table.
+//! the daily counters of background accesses.
 //!
-//! One partition per connection: `pk = DATA#{userId}#{consentId}`. Sort keys:
-//! `META#ACCOUNTS`, `META#BALANCES`, `META#TRANSACTIONS` (what was fetched and when, as a
-//! compact JSON string in `data`), `PART#{generation}#{n}` (transactions, when a
+//! A connection's snapshot metas (what was fetched and when, as a compact JSON string in
+//! `data`) live beside the user's consents, in the user's partition of the consents table:
+//! `pk = USER#{userId}`, `sk = DATA#A#{consentId}` (accounts), `DATA#B#{consentId}`
+//! (balances), `DATA#T#{consentId}` (transactions). So one Query of that partition, from
+//! `CONSENT#` up to `DATA#B` (or `DATA#T` with the transactions), reads a user's
+//! connections and their snapshots together ([`BankDataStore::read_user`]): a warm read is
+//! one request. Everything else is in the bank data table, one partition per connection
+//! (`pk = DATA#{userId}#{consentId}`): `PART#{generation}#{n}` (transactions, when a
 //! connection's do not fit in its meta) and `USAGE#{YYYY-MM-DD}#{kind}` (atomic counters of
 //! reads without the PSU). Everything carries `expiresAt` (TTL): snapshots a month after
-//! their last refresh, counters two days. A revoked connection's partition is deleted
-//! ([`BankDataStore::purge`]).
+//! their last refresh, counters two days. A revoked connection's metas and partition are
+//! deleted ([`BankDataStore::purge`]).
 //!
 //! Transactions are stored packed: the JSON array, LZ4-compressed, in a binary `txz`
 //! attribute (about a fifth of the JSON's size). A connection's whole set is written at
-//! every refresh: inside `META#TRANSACTIONS` itself when it packs to at most
-//! [`INLINE_LIMIT`] bytes (one PutItem to write, and the metas' BatchGetItem reads it), else
+//! every refresh: inside its transactions meta itself when it packs to at most
+//! [`INLINE_LIMIT`] bytes (one PutItem to write, and the read of the metas reads it), else
 //! in parts of at most [`PART_JSON_LIMIT`] bytes of JSON under a new generation that the
 //! meta then lists (the parts first, the meta last, then the previous generation's parts
-//! are deleted; a crash in between leaves the old meta and its parts whole). Items written
-//! before packing (`TX#{accountId}#{YYYY-MM}#{part}`, JSON in `data`) are still read: by key
-//! when their meta lists them, else by a Query of the partition.
+//! are deleted; a crash in between leaves the old meta and its parts whole).
+//!
+//! Written by earlier releases and still read: metas in the bank data table
+//! (`META#ACCOUNTS`, `META#BALANCES`, `META#TRANSACTIONS` in the connection's partition),
+//! looked up for a valid connection whose account list (or, when asked for, transactions
+//! meta) is not beside its consent; and transactions from before packing
+//! (`TX#{accountId}#{YYYY-MM}#{part}`, JSON in `data`): by key when their meta lists them,
+//! else by a Query of the partition. Both expire with their TTL (31 days after their last
+//! refresh, which now writes the new places), after which these reads find nothing.
 
 use std::collections::BTreeMap;
 
@@ -32,12 +43,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::StoreError;
-use super::dynamo::{Item, backend, bounded_increment, s};
+use super::dynamo::{Item, backend, bounded_increment, from_item, s, user_pk};
+use super::{ConsentRecord, StoreError};
 use crate::bank::{Account, Balance, Transaction};
-use crate::domain::{AccountId, ConsentId, UserId};
+use crate::domain::{AccountId, ConsentId, ConsentState, UserId};
 
-/// Largest packed transactions kept inside `META#TRANSACTIONS` (DynamoDB items hold
+/// Largest packed transactions kept inside their meta (DynamoDB items hold
 /// 400 KB; larger sets go to parts).
 pub const INLINE_LIMIT: usize = 300 * 1024;
 /// Largest JSON of one part of a connection's transactions (its packed form is never larger
@@ -105,22 +116,57 @@ pub struct Snapshot {
     pub transactions: Option<Vec<StoredTransaction>>,
 }
 
-/// The sort keys of [`SnapshotMeta`]'s items (the transactions' last).
+/// The sort keys of [`SnapshotMeta`]'s items as earlier releases wrote them in the bank data
+/// table, by kind (accounts, balances, transactions).
 const META_KEYS: [&str; 3] = ["META#ACCOUNTS", "META#BALANCES", "META#TRANSACTIONS"];
+/// The letters of the kinds in the sort keys of the metas beside the consents
+/// (`DATA#{letter}#{consentId}`), in the same order; they sort as the kinds, so a range read
+/// up to `B` leaves the transactions out.
+const META_LETTERS: [&str; 3] = ["A", "B", "T"];
+/// The kind of the transactions' meta.
+const TX_KIND: usize = 2;
 /// The packed transactions' attribute (module docs).
 const PACKED: &str = "txz";
 
+/// The sort key of a connection's meta of `kind` in the user's partition of the consents
+/// table.
+fn meta_sk(kind: usize, consent: &ConsentId) -> String {
+    format!("DATA#{}#{}", META_LETTERS[kind], consent.as_str())
+}
+
+/// The kind and connection id of a [`meta_sk`].
+fn parse_meta_sk(sk: &str) -> Option<(usize, &str)> {
+    let (letter, consent) = sk.strip_prefix("DATA#")?.split_once('#')?;
+    Some((META_LETTERS.iter().position(|l| *l == letter)?, consent))
+}
+
 impl SnapshotMeta {
-    /// Takes in one stored meta item (others are ignored).
-    fn absorb(&mut self, item: &Item) -> Result<(), StoreError> {
-        match sort_key(item) {
-            "META#ACCOUNTS" => self.accounts = Some(data(item)?),
-            "META#BALANCES" => self.balances = Some(data(item)?),
-            "META#TRANSACTIONS" => self.transactions = Some(data(item)?),
-            _ => {}
+    /// Takes in a stored meta item of `kind`.
+    fn absorb(&mut self, kind: usize, item: &Item) -> Result<(), StoreError> {
+        match kind {
+            0 => self.accounts = Some(data(item)?),
+            1 => self.balances = Some(data(item)?),
+            _ => self.transactions = Some(data(item)?),
         }
         Ok(())
     }
+
+    fn has(&self, kind: usize) -> bool {
+        match kind {
+            0 => self.accounts.is_some(),
+            1 => self.balances.is_some(),
+            _ => self.transactions.is_some(),
+        }
+    }
+}
+
+/// What [`BankDataStore::read_user`] reads: every consent of the user (as
+/// `ConsentStore::list_for_user` lists them) and the snapshots of the valid ones and of
+/// any other with stored metas (connections without a snapshot map to an empty one).
+#[derive(Clone, Debug, Default)]
+pub struct UserData {
+    pub consents: Vec<ConsentRecord>,
+    pub snapshots: BTreeMap<ConsentId, Snapshot>,
 }
 
 /// The kinds of bank reads counted against a consent's daily `frequencyPerDay`. Each kind
@@ -147,11 +193,16 @@ impl AccessKind {
 /// Snapshots and access counters (module docs).
 #[async_trait]
 pub trait BankDataStore: Send + Sync {
+    /// The user's consents and their snapshots, with the transactions when `transactions`
+    /// (module docs): the DynamoDB adapter reads them with one Query of the user's
+    /// partition of the consents table (plus the parts of large transaction sets, and the
+    /// metas of earlier releases for valid connections that lack theirs).
+    async fn read_user(&self, user: &UserId, transactions: bool) -> Result<UserData, StoreError>;
     /// The snapshots of several connections of one user; with `transactions`, also what
-    /// the transactions cover and the stored transactions (else neither is read), in as few requests as the store allows (the DynamoDB
-    /// adapter: one BatchGetItem of the metas, which hold the transactions unless they are
-    /// large; then one of the parts large ones list). Connections without a snapshot map
-    /// to an empty one.
+    /// the transactions cover and the stored transactions (else neither is read), in as
+    /// few requests as the store allows (the DynamoDB adapter: one BatchGetItem of the
+    /// metas, which hold the transactions unless they are large; then one of the parts
+    /// large ones list). Connections without a snapshot map to an empty one.
     async fn read_snapshots(
         &self,
         user: &UserId,
@@ -268,18 +319,25 @@ fn parts(all: &[StoredTransaction]) -> Result<Vec<&[StoredTransaction]>, StoreEr
     Ok(out)
 }
 
-/// The DynamoDB adapter (module docs).
+/// The DynamoDB adapter (module docs): `table` is the bank data table, `consents_table`
+/// the consents table (whose user partitions hold the snapshot metas).
 #[derive(Clone, Debug)]
 pub struct DynamoBankDataStore {
     client: Client,
     table: String,
+    consents_table: String,
 }
 
 impl DynamoBankDataStore {
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    pub fn new(
+        client: Client,
+        table: impl Into<String>,
+        consents_table: impl Into<String>,
+    ) -> Self {
         Self {
             client,
             table: table.into(),
+            consents_table: consents_table.into(),
         }
     }
 
@@ -303,7 +361,7 @@ impl DynamoBankDataStore {
                 None,
                 expires_at,
             )))
-            .table_name(&self.table)
+            .table_name(&self.consents_table)
             .send()
             .await
             .map_err(backend)?;
@@ -351,7 +409,11 @@ impl DynamoBankDataStore {
         }
     }
 
-    async fn delete_keys(&self, keys: Vec<(String, String)>) -> Result<(), StoreError> {
+    async fn delete_keys(
+        &self,
+        table: &str,
+        keys: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
         let deletes = keys
             .into_iter()
             .map(|(pk, sk)| {
@@ -366,12 +428,12 @@ impl DynamoBankDataStore {
                     .build()
             })
             .collect();
-        self.batch_write(deletes).await
+        self.batch_write(table, deletes).await
     }
 
-    /// BatchGetItem (consistent) of `keys`, 100 a request; unprocessed keys are asked
-    /// again (with a short pause) until none is left. Missing items are simply absent.
-    async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+    /// BatchGetItem (consistent) of `keys` of `table`, 100 a request; unprocessed keys are
+    /// asked again (with a short pause) until none is left. Missing items are simply absent.
+    async fn batch_get(&self, table: &str, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
         let mut found = Vec::new();
         for batch in keys.chunks(100) {
             let mut pending = batch.to_vec();
@@ -384,19 +446,19 @@ impl DynamoBankDataStore {
                 let answer = self
                     .client
                     .batch_get_item()
-                    .request_items(&self.table, request)
+                    .request_items(table, request)
                     .send()
                     .await
                     .map_err(backend)?;
                 found.extend(
                     answer
                         .responses
-                        .and_then(|mut r| r.remove(&self.table))
+                        .and_then(|mut r| r.remove(table))
                         .unwrap_or_default(),
                 );
                 pending = answer
                     .unprocessed_keys
-                    .and_then(|mut m| m.remove(&self.table))
+                    .and_then(|mut m| m.remove(table))
                     .map(|k| k.keys)
                     .unwrap_or_default();
                 if pending.is_empty() {
@@ -414,22 +476,26 @@ impl DynamoBankDataStore {
         Ok(found)
     }
 
-    /// BatchWriteItem of `requests`, 25 a request; unprocessed ones are sent again (with a
-    /// short pause) until none is left.
-    async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+    /// BatchWriteItem of `requests` to `table`, 25 a request; unprocessed ones are sent
+    /// again (with a short pause) until none is left.
+    async fn batch_write(
+        &self,
+        table: &str,
+        requests: Vec<WriteRequest>,
+    ) -> Result<(), StoreError> {
         for batch in requests.chunks(25) {
             let mut requests = batch.to_vec();
             for attempt in 0..8u32 {
                 let out = self
                     .client
                     .batch_write_item()
-                    .request_items(&self.table, requests)
+                    .request_items(table, requests)
                     .send()
                     .await
                     .map_err(backend)?;
                 requests = out
                     .unprocessed_items
-                    .and_then(|mut m| m.remove(&self.table))
+                    .and_then(|mut m| m.remove(table))
                     .unwrap_or_default();
                 if requests.is_empty() {
                     break;
@@ -517,66 +583,96 @@ fn snapshot_expiry(now: DateTime<Utc>) -> i64 {
     now.timestamp() + SNAPSHOT_TTL_DAYS * 86_400
 }
 
-#[async_trait]
-impl BankDataStore for DynamoBankDataStore {
-    async fn read_snapshots(
+impl DynamoBankDataStore {
+    /// Completes snapshots from the metas `found` beside the consents (by connection, with
+    /// their kind): the connections of `fallback` that lack their account list, or their
+    /// transactions' meta when `transactions`, are looked up where earlier releases kept
+    /// metas (module docs); then every connection's transactions are read as its meta says.
+    /// Every connection of `found` and `fallback` has a snapshot in the answer.
+    async fn complete(
         &self,
         user: &UserId,
-        consents: &[ConsentId],
+        found: BTreeMap<ConsentId, Vec<(usize, Item)>>,
+        fallback: &[ConsentId],
         transactions: bool,
     ) -> Result<BTreeMap<ConsentId, Snapshot>, StoreError> {
-        let mut out: BTreeMap<ConsentId, Snapshot> = consents
+        let kinds = if transactions { 3 } else { 2 };
+        // Each connection's metas, and the item of its transactions' meta.
+        let mut metas: BTreeMap<ConsentId, (SnapshotMeta, Option<Item>)> = fallback
             .iter()
-            .map(|c| {
-                let snapshot = Snapshot {
-                    meta: SnapshotMeta::default(),
-                    transactions: transactions.then(Vec::new),
-                };
-                (c.clone(), snapshot)
-            })
+            .map(|c| (c.clone(), Default::default()))
             .collect();
-        if consents.is_empty() {
-            return Ok(out);
+        for (consent, items) in found {
+            let (meta, tx_item) = metas.entry(consent).or_default();
+            for (kind, item) in items.into_iter().filter(|(kind, _)| *kind < kinds) {
+                meta.absorb(kind, &item)?;
+                if kind == TX_KIND {
+                    *tx_item = Some(item);
+                }
+            }
         }
-        let by_pk: BTreeMap<String, ConsentId> = consents
-            .iter()
+        let by_pk: BTreeMap<String, ConsentId> = metas
+            .keys()
             .map(|c| (Self::pk(user, c), c.clone()))
             .collect();
-        // Without the transactions, their meta (and the packed set in it) is not read.
-        let metas = if transactions {
-            &META_KEYS[..]
-        } else {
-            &META_KEYS[..2]
-        };
-        let keys: Vec<Item> = by_pk
-            .keys()
-            .flat_map(|pk| metas.iter().map(move |sk| key(pk, sk)))
+        let lacking: Vec<&String> = by_pk
+            .iter()
+            .filter(|(_, c)| {
+                fallback.contains(c) && {
+                    let meta = &metas[*c].0;
+                    !meta.has(0) || (transactions && !meta.has(TX_KIND))
+                }
+            })
+            .map(|(pk, _)| pk)
             .collect();
+        if !lacking.is_empty() {
+            let keys: Vec<Item> = lacking
+                .iter()
+                .flat_map(|pk| META_KEYS[..kinds].iter().map(move |sk| key(pk, sk)))
+                .collect();
+            for item in self.batch_get(&self.table, keys).await? {
+                let (Some(consent), Some(kind)) = (
+                    consent_of(&item, &by_pk),
+                    META_KEYS.iter().position(|k| *k == sort_key(&item)),
+                ) else {
+                    continue;
+                };
+                let (meta, tx_item) = metas.get_mut(consent).expect("asked for");
+                // What is beside the consent is newer.
+                if !meta.has(kind) {
+                    meta.absorb(kind, &item)?;
+                    if kind == TX_KIND {
+                        *tx_item = Some(item);
+                    }
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
         let mut listed = Vec::new();
         let mut unlisted = Vec::new();
-        for item in self.batch_get(keys).await? {
-            let Some(consent) = consent_of(&item, &by_pk) else {
-                continue;
-            };
-            let snapshot = out.get_mut(consent).expect("asked for");
-            snapshot.meta.absorb(&item)?;
-            if !transactions || sort_key(&item) != "META#TRANSACTIONS" {
-                continue;
-            }
-            let pk = Self::pk(user, consent);
-            match (item.get(PACKED), &snapshot.meta.transactions) {
-                (Some(AttributeValue::B(packed)), _) => {
-                    snapshot.transactions = Some(unpack(packed.as_ref())?);
+        for (consent, (meta, tx_item)) in metas {
+            let mut stored = transactions.then(Vec::new);
+            if let (Some(item), Some(tx_meta)) = (tx_item, &meta.transactions) {
+                let pk = Self::pk(user, &consent);
+                if let Some(AttributeValue::B(packed)) = item.get(PACKED) {
+                    stored = Some(unpack(packed.as_ref())?);
+                } else if !tx_meta.items.is_empty() {
+                    listed.extend(tx_meta.items.iter().map(|sk| key(&pk, sk)));
+                } else {
+                    unlisted.push((consent.clone(), pk));
                 }
-                (_, Some(meta)) if !meta.items.is_empty() => {
-                    listed.extend(meta.items.iter().map(|sk| key(&pk, sk)));
-                }
-                _ => unlisted.push((consent.clone(), pk)),
             }
+            out.insert(
+                consent,
+                Snapshot {
+                    meta,
+                    transactions: stored,
+                },
+            );
         }
         if !listed.is_empty() {
             let expected = listed.len();
-            let found = self.batch_get(listed).await?;
+            let found = self.batch_get(&self.table, listed).await?;
             if found.len() != expected {
                 return Err(StoreError::Corrupt(format!(
                     "{} of {expected} listed transaction parts are missing",
@@ -607,6 +703,94 @@ impl BankDataStore for DynamoBankDataStore {
         }
         Ok(out)
     }
+}
+
+#[async_trait]
+impl BankDataStore for DynamoBankDataStore {
+    async fn read_user(&self, user: &UserId, transactions: bool) -> Result<UserData, StoreError> {
+        let pk = user_pk(user);
+        // The consents (`CONSENT#…`) and the metas up to the last kind asked for.
+        let last = if transactions { TX_KIND } else { 1 };
+        let to = format!("DATA#{}$", META_LETTERS[last]);
+        let mut consents: Vec<ConsentRecord> = Vec::new();
+        let mut metas: Vec<(usize, String, Item)> = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.consents_table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                .expression_attribute_values(":pk", s(pk.clone()))
+                .expression_attribute_values(":from", s("CONSENT#"))
+                .expression_attribute_values(":to", s(to.clone()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(backend)?;
+            for item in page.items.unwrap_or_default() {
+                let sk = sort_key(&item);
+                if sk.starts_with("CONSENT#") {
+                    consents.push(from_item(item)?);
+                } else if let Some((kind, consent)) = parse_meta_sk(sk) {
+                    let consent = consent.to_owned();
+                    metas.push((kind, consent, item));
+                }
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        let mut found: BTreeMap<ConsentId, Vec<(usize, Item)>> = BTreeMap::new();
+        for (kind, consent, item) in metas {
+            // Metas of a consent that is gone are left alone (its purge deletes them).
+            if let Some(c) = consents.iter().find(|c| c.consent_id.as_str() == consent) {
+                found
+                    .entry(c.consent_id.clone())
+                    .or_default()
+                    .push((kind, item));
+            }
+        }
+        let valid: Vec<ConsentId> = consents
+            .iter()
+            .filter(|c| c.state == ConsentState::Valid)
+            .map(|c| c.consent_id.clone())
+            .collect();
+        let snapshots = self.complete(user, found, &valid, transactions).await?;
+        Ok(UserData {
+            consents,
+            snapshots,
+        })
+    }
+
+    async fn read_snapshots(
+        &self,
+        user: &UserId,
+        consents: &[ConsentId],
+        transactions: bool,
+    ) -> Result<BTreeMap<ConsentId, Snapshot>, StoreError> {
+        if consents.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let kinds = if transactions { 3 } else { 2 };
+        let pk = user_pk(user);
+        let keys: Vec<Item> = consents
+            .iter()
+            .flat_map(|c| (0..kinds).map(|kind| key(&pk, &meta_sk(kind, c))))
+            .collect();
+        let mut found: BTreeMap<ConsentId, Vec<(usize, Item)>> = BTreeMap::new();
+        for item in self.batch_get(&self.consents_table, keys).await? {
+            let Some((kind, id)) = parse_meta_sk(sort_key(&item)) else {
+                continue;
+            };
+            if let Some(consent) = consents.iter().find(|c| c.as_str() == id) {
+                found.entry(consent.clone()).or_default().push((kind, item));
+            }
+        }
+        self.complete(user, found, consents, transactions).await
+    }
 
     async fn put_accounts(
         &self,
@@ -615,8 +799,8 @@ impl BankDataStore for DynamoBankDataStore {
         snapshot: &AccountsSnapshot,
     ) -> Result<(), StoreError> {
         self.put_data(
-            Self::pk(user, consent),
-            "META#ACCOUNTS".into(),
+            user_pk(user),
+            meta_sk(0, consent),
             snapshot,
             snapshot_expiry(snapshot.fetched_at),
         )
@@ -630,8 +814,8 @@ impl BankDataStore for DynamoBankDataStore {
         snapshot: &BalancesSnapshot,
     ) -> Result<(), StoreError> {
         self.put_data(
-            Self::pk(user, consent),
-            "META#BALANCES".into(),
+            user_pk(user),
+            meta_sk(1, consent),
             snapshot,
             snapshot_expiry(snapshot.fetched_at),
         )
@@ -677,19 +861,19 @@ impl BankDataStore for DynamoBankDataStore {
                 );
                 meta.items.push(sk);
             }
-            self.batch_write(puts).await?;
+            self.batch_write(&self.table, puts).await?;
             None
         };
         let item = snapshot_item(
-            pk.clone(),
-            "META#TRANSACTIONS".into(),
+            user_pk(user),
+            meta_sk(TX_KIND, consent),
             Some(to_json(&meta)?),
             inline,
             expires,
         );
         self.client
             .put_item()
-            .table_name(&self.table)
+            .table_name(&self.consents_table)
             .set_item(Some(item))
             .send()
             .await
@@ -704,7 +888,7 @@ impl BankDataStore for DynamoBankDataStore {
             .map(|sk| (pk.clone(), sk.clone()))
             .collect();
         if !stale.is_empty()
-            && let Err(e) = self.delete_keys(stale).await
+            && let Err(e) = self.delete_keys(&self.table, stale).await
         {
             warn!(error = %e, "previous transaction parts not deleted; their TTL drops them");
         }
@@ -763,6 +947,21 @@ impl BankDataStore for DynamoBankDataStore {
     }
 
     async fn purge(&self, user: &UserId, consent: &ConsentId) -> Result<usize, StoreError> {
+        // The metas beside the consent (counted when they existed), then the connection's
+        // partition of the bank data table.
+        let metas = (0..META_LETTERS.len()).map(|kind| {
+            self.client
+                .delete_item()
+                .table_name(&self.consents_table)
+                .key("pk", s(user_pk(user)))
+                .key("sk", s(meta_sk(kind, consent)))
+                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+                .send()
+        });
+        let mut n = 0;
+        for deleted in futures::future::join_all(metas).await {
+            n += usize::from(deleted.map_err(backend)?.attributes.is_some());
+        }
         let pk = Self::pk(user, consent);
         let keys: Vec<(String, String)> = self
             .query(&pk, "", true)
@@ -770,8 +969,8 @@ impl BankDataStore for DynamoBankDataStore {
             .iter()
             .map(|item| (pk.clone(), sort_key(item).to_owned()))
             .collect();
-        let n = keys.len();
-        self.delete_keys(keys).await?;
+        n += keys.len();
+        self.delete_keys(&self.table, keys).await?;
         Ok(n)
     }
 }

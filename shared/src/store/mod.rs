@@ -22,7 +22,7 @@ use crate::domain::{
 
 pub use bank_data::{
     AccessKind, AccountsSnapshot, BalancesSnapshot, BankDataStore, DynamoBankDataStore, Snapshot,
-    SnapshotMeta, StoredTransaction, TransactionsMeta,
+    SnapshotMeta, StoredTransaction, TransactionsMeta, UserData,
 };
 pub use dynamo::{
     DynamoConsentOutbox, DynamoConsentStore, DynamoIdempotencyStore, DynamoNonceStore,
