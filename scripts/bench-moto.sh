@@ -12,7 +12,7 @@ else
   fi
   [ -x .venv/bin/moto_server ] || bash scripts/python-env.sh
   mkdir -p .local
-  .venv/bin/moto_server -H 127.0.0.1 -p "$BENCH_PORT" >.local/bench-moto.log 2>&1 </dev/null &
+  .venv/bin/python scripts/moto_server.py -H 127.0.0.1 -p "$BENCH_PORT" >.local/bench-moto.log 2>&1 </dev/null &
   bench_moto_pid=$!
   trap 'kill "$bench_moto_pid" 2>/dev/null || true' EXIT
   for _ in $(seq 1 100); do

@@ -96,7 +96,7 @@ else
   cargo build -q --workspace --bins
   if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
     aws_port="$(free_port)"
-    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$aws_port" >"$STATE/moto.log" 2>&1 &
+    "$VENV/bin/python" scripts/moto_server.py -H 127.0.0.1 -p "$aws_port" >"$STATE/moto.log" 2>&1 &
     pids+=($!)
     export AWS_ENDPOINT_URL="http://127.0.0.1:$aws_port"
     wait_for "$AWS_ENDPOINT_URL/moto-api/" 30 "${pids[-1]}" || { log "moto_server did not start (see $STATE/moto.log)"; exit 1; }

@@ -118,7 +118,7 @@ if [ -n "${AWS_ENDPOINT_URL:-}" ]; then
 else
   [ -x .venv/bin/moto_server ] || bash scripts/python-env.sh
   aws_port="$(free_port)"
-  start moto .venv/bin/moto_server -H 127.0.0.1 -p "$aws_port"
+  start moto .venv/bin/python scripts/moto_server.py -H 127.0.0.1 -p "$aws_port"
   export AWS_ENDPOINT_URL="http://127.0.0.1:$aws_port"
   wait_ready moto "$AWS_ENDPOINT_URL/moto-api/" "${pids[-1]}" 30
   log "local AWS: moto_server at $AWS_ENDPOINT_URL"

@@ -213,7 +213,15 @@ impl Runtime {
         jwt_secret: &str,
         env: &[(&str, String)],
     ) -> Runtime {
-        Self::start_from(template_path, jwt_secret, env, &debug_bin_dir(), 0.0).await
+        Self::start_from(
+            template_path,
+            jwt_secret,
+            env,
+            &debug_bin_dir(),
+            0.0,
+            Duration::ZERO,
+        )
+        .await
     }
 
     /// As [`Self::start`], with the function binaries taken from `bin_dir` (e.g. the
@@ -224,6 +232,7 @@ impl Runtime {
         env: &[(&str, String)],
         bin_dir: &std::path::Path,
         sqs_duplicates: f64,
+        sqs_poll_wait: Duration,
     ) -> Runtime {
         use infra::local_runtime::app::{RuntimeOptions, RuntimePlan};
         // Logs (ours and the functions') go to the test's captured output: shown on failure.
@@ -283,7 +292,7 @@ impl Runtime {
                 jwt_secret: jwt_secret.to_owned(),
                 time_scale: 1.0,
                 max_instances: 2,
-                sqs_poll_wait: Duration::ZERO,
+                sqs_poll_wait,
                 sqs_duplicates,
                 web_root: Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/app")),
             },
@@ -321,6 +330,12 @@ pub struct BundleOptions {
     pub bin_dir: std::path::PathBuf,
     /// Share of SQS messages the local runtime delivers twice (0 to 1).
     pub sqs_duplicates: f64,
+    /// How long the local runtime's SQS pollers wait in one receive. Zero (the default):
+    /// short receives, every 200 ms per poller when the queue is empty (quick for queue
+    /// tests, but about 60 requests a second to local AWS in all). A benchmark that times
+    /// other requests to local AWS waits longer (long polls) so the pollers do not compete
+    /// with them: in AWS, Lambda's pollers are not on the database's CPU.
+    pub sqs_poll_wait: Duration,
 }
 
 impl Default for BundleOptions {
@@ -329,6 +344,7 @@ impl Default for BundleOptions {
             sandbox: SandboxConfig::default(),
             bin_dir: debug_bin_dir(),
             sqs_duplicates: 0.0,
+            sqs_poll_wait: Duration::ZERO,
         }
     }
 }
@@ -376,6 +392,7 @@ impl Bundle {
             &env,
             &options.bin_dir,
             options.sqs_duplicates,
+            options.sqs_poll_wait,
         )
         .await;
         Bundle {

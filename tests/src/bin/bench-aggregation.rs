@@ -78,6 +78,8 @@ impl Scene {
                     ..SandboxConfig::default()
                 },
                 bin_dir: bin_dir.to_owned(),
+                // Long polls: the idle queues' pollers leave local AWS to the reads timed.
+                sqs_poll_wait: Duration::from_secs(1),
                 ..BundleOptions::default()
             },
         )
@@ -558,9 +560,9 @@ async fn main() -> anyhow::Result<()> {
          with its balances; 2 without: the list, then every account's balances). A cold transactions read is 2 \
          when each account's history fits one page (the account list, then every account's transactions), \
          3 when listings take several pages (the remaining pages together with the parallelPages quirk, \
-         else one round trip per page). Both also make dependent DynamoDB calls (connections, snapshots, \
-         access budget, snapshot writes); a warm read makes only the reads (the connections, then the \
-         snapshots), and no bank call."
+         else one round trip per page). Both also make dependent DynamoDB calls (the connections with \
+         their snapshots, access budget, snapshot writes); a warm read makes one DynamoDB request (a Query of \
+         the user's partition: the connections and their snapshots together) and no bank call."
     );
     if profile != "release" {
         println!(
