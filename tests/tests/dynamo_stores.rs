@@ -873,20 +873,36 @@ async fn bank_data_snapshots_read_together_equal_what_was_written() {
     // consent without data among the consents; the metas never pass for consents.
     let pending = consent(&alice, "lv-baltija", today + Days::new(90));
     consent_store.insert(&pending).await.unwrap();
+    // An expired connection whose snapshot stays until its TTL: listed, its data not read.
+    let mut expired = consent(&alice, "ee-pohja", today);
+    expired.state = ConsentState::Expired;
+    expired.bank_consent_id = Some(BankConsentId::parse("bank-expired").unwrap());
+    consent_store.insert(&expired).await.unwrap();
+    store
+        .put_transactions(
+            &alice,
+            &expired.consent_id,
+            now,
+            covered_from,
+            &[stored(1, &account(99).id, false)],
+            None,
+        )
+        .await
+        .unwrap();
     for (transactions, expected) in [(true, &with_tx), (false, &metas_only)] {
         let read = store.read_user(&alice, transactions).await.unwrap();
         let mut ids: Vec<ConsentId> = read.consents.iter().map(|c| c.consent_id.clone()).collect();
         ids.sort();
         let mut all = consents.clone();
-        all.push(pending.consent_id.clone());
+        all.extend([pending.consent_id.clone(), expired.consent_id.clone()]);
         all.sort();
         assert_eq!(ids, all);
         for consent in &consents {
             assert_eq!(read.snapshots[consent], expected[consent], "{consent:?}");
         }
-        assert!(!read.snapshots.contains_key(&pending.consent_id));
+        assert_eq!(read.snapshots.len(), consents.len(), "the valid ones only");
     }
-    assert_eq!(consent_store.list_for_user(&alice).await.unwrap().len(), 41);
+    assert_eq!(consent_store.list_for_user(&alice).await.unwrap().len(), 42);
     let bobs = store.read_user(&bob, true).await.unwrap();
     assert!(
         bobs.consents.is_empty() && bobs.snapshots.is_empty(),

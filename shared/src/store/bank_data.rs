@@ -161,8 +161,8 @@ impl SnapshotMeta {
 }
 
 /// What [`BankDataStore::read_user`] reads: every consent of the user (as
-/// `ConsentStore::list_for_user` lists them) and the snapshots of the valid ones and of
-/// any other with stored metas (connections without a snapshot map to an empty one).
+/// `ConsentStore::list_for_user` lists them) and the snapshots of the valid ones (a valid
+/// connection without a snapshot maps to an empty one).
 #[derive(Clone, Debug, Default)]
 pub struct UserData {
     pub consents: Vec<ConsentRecord>,
@@ -743,21 +743,20 @@ impl BankDataStore for DynamoBankDataStore {
                 _ => break,
             }
         }
-        let mut found: BTreeMap<ConsentId, Vec<(usize, Item)>> = BTreeMap::new();
-        for (kind, consent, item) in metas {
-            // Metas of a consent that is gone are left alone (its purge deletes them).
-            if let Some(c) = consents.iter().find(|c| c.consent_id.as_str() == consent) {
-                found
-                    .entry(c.consent_id.clone())
-                    .or_default()
-                    .push((kind, item));
-            }
-        }
         let valid: Vec<ConsentId> = consents
             .iter()
             .filter(|c| c.state == ConsentState::Valid)
             .map(|c| c.consent_id.clone())
             .collect();
+        // Only the valid connections' snapshots are completed (their transactions unpacked,
+        // their parts read): the metas a superseded or expired connection keeps until its
+        // TTL, and those of a consent that is gone, are left alone.
+        let mut found: BTreeMap<ConsentId, Vec<(usize, Item)>> = BTreeMap::new();
+        for (kind, consent, item) in metas {
+            if let Some(id) = valid.iter().find(|c| c.as_str() == consent) {
+                found.entry(id.clone()).or_default().push((kind, item));
+            }
+        }
         let snapshots = self.complete(user, found, &valid, transactions).await?;
         Ok(UserData {
             consents,
