@@ -4,8 +4,8 @@
 //! A connection's snapshot metas (what was fetched and when, as a compact JSON string in
 //! `data`) live beside the user's consents, in the user's partition of the consents table:
 //! `pk = USER#{userId}`, `sk = DATA#A#{consentId}` (accounts), `DATA#B#{consentId}`
-//! (balances), `DATA#T#{consentId}` (transactions). So one Query of that partition, from
-//! `CONSENT#` up to `DATA#B` (or `DATA#T` with the transactions), reads a user's
+//! (balances), `DATA#T#{consentId}` (transactions). So one Query of that partition, up to
+//! the `DATA#B` metas (or the `DATA#T` ones with the transactions), reads a user's
 //! connections and their snapshots together ([`BankDataStore::read_user`]): a warm read is
 //! one request. Everything else is in the bank data table, one partition per connection
 //! (`pk = DATA#{userId}#{consentId}`): `PART#{generation}#{n}` (transactions, when a
@@ -368,10 +368,11 @@ impl DynamoBankDataStore {
         Ok(())
     }
 
-    /// Every item of the partition whose sort key starts with `prefix`, or sorts before
-    /// `bound` when `prefix` is `<bound` (all pages).
+    /// Every item of the partition of `table` whose sort key starts with `prefix`, or sorts
+    /// before `bound` when `prefix` is `<bound` (all pages, consistent).
     async fn query(
         &self,
+        table: &str,
         pk: &str,
         prefix: &str,
         keys_only: bool,
@@ -382,7 +383,7 @@ impl DynamoBankDataStore {
             let mut query = self
                 .client
                 .query()
-                .table_name(&self.table)
+                .table_name(table)
                 .expression_attribute_values(":pk", s(pk))
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take());
@@ -584,21 +585,22 @@ fn snapshot_expiry(now: DateTime<Utc>) -> i64 {
 }
 
 impl DynamoBankDataStore {
-    /// Completes snapshots from the metas `found` beside the consents (by connection, with
-    /// their kind): the connections of `fallback` that lack their account list, or their
-    /// transactions' meta when `transactions`, are looked up where earlier releases kept
-    /// metas (module docs); then every connection's transactions are read as its meta says.
-    /// Every connection of `found` and `fallback` has a snapshot in the answer.
+    /// The snapshots of `consents`, from the metas `found` beside the consents (by
+    /// connection, with their kind; only connections of `consents`): a connection that
+    /// lacks its account list, or its transactions' meta when `transactions`, is looked up
+    /// where earlier releases kept metas (module docs); then every connection's
+    /// transactions are read as its meta says. Every connection of `consents` has a
+    /// snapshot in the answer.
     async fn complete(
         &self,
         user: &UserId,
         found: BTreeMap<ConsentId, Vec<(usize, Item)>>,
-        fallback: &[ConsentId],
+        consents: &[ConsentId],
         transactions: bool,
     ) -> Result<BTreeMap<ConsentId, Snapshot>, StoreError> {
         let kinds = if transactions { 3 } else { 2 };
         // Each connection's metas, and the item of its transactions' meta.
-        let mut metas: BTreeMap<ConsentId, (SnapshotMeta, Option<Item>)> = fallback
+        let mut metas: BTreeMap<ConsentId, (SnapshotMeta, Option<Item>)> = consents
             .iter()
             .map(|c| (c.clone(), Default::default()))
             .collect();
@@ -618,10 +620,8 @@ impl DynamoBankDataStore {
         let lacking: Vec<&String> = by_pk
             .iter()
             .filter(|(_, c)| {
-                fallback.contains(c) && {
-                    let meta = &metas[*c].0;
-                    !meta.has(0) || (transactions && !meta.has(TX_KIND))
-                }
+                let meta = &metas[*c].0;
+                !meta.has(0) || (transactions && !meta.has(TX_KIND))
             })
             .map(|(pk, _)| pk)
             .collect();
@@ -688,7 +688,9 @@ impl DynamoBankDataStore {
                 }
             }
         }
-        let queries = unlisted.iter().map(|(_, pk)| self.query(pk, "TX#", false));
+        let queries = unlisted
+            .iter()
+            .map(|(_, pk)| self.query(&self.table, pk, "TX#", false));
         for ((consent, _), items) in unlisted
             .iter()
             .zip(futures::future::join_all(queries).await)
@@ -708,39 +710,20 @@ impl DynamoBankDataStore {
 #[async_trait]
 impl BankDataStore for DynamoBankDataStore {
     async fn read_user(&self, user: &UserId, transactions: bool) -> Result<UserData, StoreError> {
-        let pk = user_pk(user);
-        // The consents (`CONSENT#…`) and the metas up to the last kind asked for.
+        // The partition holds the consents (`CONSENT#…`) and the metas (`DATA#…`): all of
+        // it up to the last kind of meta asked for.
         let last = if transactions { TX_KIND } else { 1 };
-        let to = format!("DATA#{}$", META_LETTERS[last]);
+        let bound = format!("<DATA#{}$", META_LETTERS[last]);
+        let items = self
+            .query(&self.consents_table, &user_pk(user), &bound, false)
+            .await?;
         let mut consents: Vec<ConsentRecord> = Vec::new();
-        let mut metas: Vec<(usize, String, Item)> = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.consents_table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-                .expression_attribute_values(":pk", s(pk.clone()))
-                .expression_attribute_values(":from", s("CONSENT#"))
-                .expression_attribute_values(":to", s(to.clone()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(backend)?;
-            for item in page.items.unwrap_or_default() {
-                let sk = sort_key(&item);
-                if sk.starts_with("CONSENT#") {
-                    consents.push(from_item(item)?);
-                } else if let Some((kind, consent)) = parse_meta_sk(sk) {
-                    let consent = consent.to_owned();
-                    metas.push((kind, consent, item));
-                }
-            }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
+        let mut metas = Vec::new();
+        for item in items {
+            if sort_key(&item).starts_with("CONSENT#") {
+                consents.push(from_item(item)?);
+            } else {
+                metas.push(item);
             }
         }
         let valid: Vec<ConsentId> = consents
@@ -752,7 +735,10 @@ impl BankDataStore for DynamoBankDataStore {
         // their parts read): the metas a superseded or expired connection keeps until its
         // TTL, and those of a consent that is gone, are left alone.
         let mut found: BTreeMap<ConsentId, Vec<(usize, Item)>> = BTreeMap::new();
-        for (kind, consent, item) in metas {
+        for item in metas {
+            let Some((kind, consent)) = parse_meta_sk(sort_key(&item)) else {
+                continue;
+            };
             if let Some(id) = valid.iter().find(|c| c.as_str() == consent) {
                 found.entry(id.clone()).or_default().push((kind, item));
             }
@@ -963,7 +949,7 @@ impl BankDataStore for DynamoBankDataStore {
         }
         let pk = Self::pk(user, consent);
         let keys: Vec<(String, String)> = self
-            .query(&pk, "", true)
+            .query(&self.table, &pk, "", true)
             .await?
             .iter()
             .map(|item| (pk.clone(), sort_key(item).to_owned()))
